@@ -1,0 +1,317 @@
+"""Run parameters: one validated schema for every notebook and script.
+
+A run is described by one YAML file ``params/<run>.yaml`` whose single top-level key is
+``params``; papermill injects it with ``-f`` as the variable ``params`` (a dict), and a
+notebook run by hand gets the path of the default file instead. :func:`load_params`
+accepts either and validates it against :class:`RunParams`: a misspelt key or a value of
+the wrong type raises :class:`ParamsError` with a one-line message naming the file and
+the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: The 13 languages of the paper (Wang et al. 2024, Sec. 3) as ISO 639-1 codes.
+PAPER_LANGUAGES = ["ar", "eu", "ca", "zh", "en", "fr", "hi", "mr", "pt", "es", "ta", "ur", "vi"]
+#: Attributes of Stańczak et al. (2022) that data prep builds datasets for.
+ALL_ATTRIBUTES = [
+    "POS", "Number", "Gender", "Case", "Tense", "Mood",
+    "Person", "Aspect", "Definiteness", "Finiteness", "Voice",
+]
+
+
+class ParamsError(ValueError):
+    """A params file or dict that does not match the schema (one-line message)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PretrainParams(_Strict):
+    """Stage 0, the tiny-model lab: a small BLOOM trained from scratch on the bundle's text."""
+
+    enabled: bool = True
+    vocab_size: int = Field(8000, ge=300)
+    hidden_size: int = Field(256, ge=8)
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    seq_len: int = Field(64, ge=8)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    #: Steps at which a ``step-NNNNNN/`` checkpoint is saved; the last is the final step.
+    checkpoint_steps: list[int] = Field(default_factory=lambda: [25, 75, 200, 400, 700, 1200])
+    #: Text sources under the data root: "tatoeba", "panx" (text/) and "ud" (treebank sentences).
+    text_sources: list[Literal["tatoeba", "panx", "ud"]] = Field(
+        default_factory=lambda: ["tatoeba", "panx", "ud"])
+    max_lines_per_source: int | None = Field(4000, ge=1)
+    threads: int | None = None
+
+    @model_validator(mode="after")
+    def _steps_increasing(self) -> "PretrainParams":
+        s = self.checkpoint_steps
+        if not s or any(b <= a for a, b in zip(s, s[1:])) or s[0] < 1:
+            raise ValueError("checkpoint_steps must be a non-empty, strictly increasing list of positive ints")
+        if self.hidden_size % self.n_head:
+            raise ValueError("hidden_size must be divisible by n_head")
+        return self
+
+
+class DataParams(_Strict):
+    """Stage 1: UD treebanks -> UniMorph -> one dataset per (language, attribute)."""
+
+    languages: list[str] = Field(default_factory=lambda: list(PAPER_LANGUAGES))
+    attributes: list[str] = Field(default_factory=lambda: list(ALL_ATTRIBUTES))
+    #: Treebank folder per language, overriding the default choice (e.g. {"en": "UD_English-EWT"}).
+    treebanks: dict[str, str] = Field(default_factory=dict)
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    min_count: int = Field(20, ge=1)
+    max_sentences_per_language: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataParams":
+        if abs(sum(self.split_fractions) - 1.0) > 1e-6:
+            raise ValueError("split_fractions must sum to 1")
+        bad = sorted(set(self.attributes) - set(ALL_ATTRIBUTES))
+        if bad:
+            raise ValueError(f"unknown attributes {bad}; known: {ALL_ATTRIBUTES}")
+        return self
+
+
+class CheckpointsParams(_Strict):
+    """Where the checkpoint series comes from.
+
+    * ``lab``: the ``step-NNNNNN/`` folders written by stage 0 into the run directory.
+    * ``local``: ``save_pretrained`` subfolders of ``local_dir`` (all, or those in ``revisions``).
+    * ``hub``: ``repo`` at each of ``revisions`` (e.g. ``global_step1000``; ``main`` = final),
+      tokenizer from ``tokenizer_repo``.
+    * ``gguf``: one GGUF file (``gguf_file`` in ``repo`` or a local folder).
+    """
+
+    source: Literal["lab", "local", "hub", "gguf"] = "lab"
+    repo: str | None = None
+    tokenizer_repo: str | None = None
+    revisions: list[str] | None = None
+    local_dir: str | None = None
+    gguf_file: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class ExtractionParams(_Strict):
+    """Stage 2: word vectors = mean of subword hidden states at layers l (l = 1 is the embedding output)."""
+
+    layers: list[int] = Field(default_factory=lambda: [3, 4])
+    #: Layers extracted on the last checkpoint only (Figure 2's sweep); "all" = every hidden state.
+    sweep_layers: list[int] | Literal["all"] = "all"
+    tokenization: Literal["per_word", "sentence"] = "sentence"
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(256, ge=8)
+    bf16: bool = False
+
+
+class ProbeParams(_Strict):
+    """Stage 3: latent-variable intrinsic probe (Stańczak et al. 2023) and greedy selection."""
+
+    attributes: list[str] = Field(default_factory=lambda: ["Number", "Gender", "POS"])
+    k: int = Field(13, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_epochs: int = Field(300, ge=1)
+    patience: int = Field(20, ge=1)
+    batch_size: int | None = None
+    mc_samples: int = Field(4, ge=1)
+    entropy_scale: Literal["per_example", "reference"] = "per_example"
+    held_out_fraction: float = Field(0.1, gt=0, lt=1)
+    min_train_examples: int = Field(50, ge=2)
+
+
+class OverlapParams(_Strict):
+    """Stage 4: pairwise overlap |A cap B| / k, hypergeometric tail, Holm correction."""
+
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
+class TransferParams(_Strict):
+    """Stage 5: (Q)LoRA fine-tuning on English, zero-shot evaluation on the other languages."""
+
+    tasks: list[Literal["pos", "xnli"]] = Field(default_factory=lambda: ["pos", "xnli"])
+    qlora: bool = False
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["query_key_value"])
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(128, ge=8)
+    pos_source_treebank: str | None = None
+    pos_languages: list[str] | None = None
+    xnli_languages: list[str] = Field(
+        default_factory=lambda: ["en", "ar", "es", "fr", "hi", "ur", "vi", "zh"])
+    xnli_dev_fraction: float = Field(0.1, gt=0, lt=1)
+    max_train_examples: int | None = Field(2000, ge=1)
+    max_eval_examples: int | None = Field(500, ge=1)
+
+
+class FigureParams(_Strict):
+    formats: list[Literal["png", "pdf"]] = Field(default_factory=lambda: ["png", "pdf"])
+    dpi: int = Field(150, ge=50)
+
+
+class RunParams(_Strict):
+    """Everything one run needs. Paths are relative to the repository root."""
+
+    run_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    #: Data root (the bundle); None = $XALIGN_DATA, else ../shared/data beside the repo.
+    data_root: str | None = None
+    runs_dir: str = "runs"
+    figures_dir: str = "figures"
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)
+    data: DataParams = Field(default_factory=DataParams)
+    checkpoints: CheckpointsParams = Field(default_factory=CheckpointsParams)
+    extraction: ExtractionParams = Field(default_factory=ExtractionParams)
+    probe: ProbeParams = Field(default_factory=ProbeParams)
+    overlap: OverlapParams = Field(default_factory=OverlapParams)
+    transfer: TransferParams = Field(default_factory=TransferParams)
+    figures: FigureParams = Field(default_factory=FigureParams)
+
+    # ---- derived paths -------------------------------------------------------------
+    def run_dir(self, root: Path | None = None) -> Path:
+        """``<repo>/runs/<run_name>``: every artefact of this run."""
+        return (root or repo_root()) / self.runs_dir / self.run_name
+
+    def figure_dir(self, root: Path | None = None) -> Path:
+        """``<repo>/figures/<run_name>``."""
+        return (root or repo_root()) / self.figures_dir / self.run_name
+
+    def resolved_data_root(self, root: Path | None = None) -> Path:
+        """The data bundle folder; raises FileNotFoundError naming where it looked."""
+        return resolve_data_root(self.data_root, root)
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The repository root: first parent of ``start`` (default: cwd) holding ``pyproject.toml``.
+
+    Falls back to the folder above this installed package (editable install).
+    """
+    here = (start or Path.cwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / "pyproject.toml").is_file() and (p / "lib" / "xalign").is_dir():
+            return p
+    return Path(__file__).resolve().parents[2]
+
+
+def resolve_data_root(data_root: str | None, root: Path | None = None) -> Path:
+    """Resolve the data bundle: explicit value, else ``$XALIGN_DATA``, else ``<repo>/../shared/data``.
+
+    Raises:
+        FileNotFoundError: one line naming the path tried and how to set it.
+    """
+    root = root or repo_root()
+    if data_root:
+        src, p = "params data_root", Path(data_root)
+    elif os.environ.get("XALIGN_DATA"):
+        src, p = "$XALIGN_DATA", Path(os.environ["XALIGN_DATA"])
+    else:
+        src, p = "default data root", root.parent / "shared" / "data"
+    if not p.is_absolute():
+        p = root / p
+    if not p.is_dir():
+        raise FileNotFoundError(
+            f"data root {p} (from {src}) does not exist: set data_root in params or XALIGN_DATA "
+            "to a folder with ud/, xnli/ and text/ (see README, 'Data')")
+    return p
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (misspelt?)"
+    extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: params.{loc}: {msg}{extra}"
+
+
+def load_params(params: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> RunParams:
+    """Validate run parameters from a YAML path or an already-parsed dict.
+
+    Args:
+        params: path to a YAML file whose single top-level key is ``params``, or the dict
+            under that key (what papermill injects with ``-f``).
+        overrides: optional ``{"probe.k": 20, ...}`` dotted-key overrides applied first.
+
+    Returns:
+        A frozen :class:`RunParams`.
+
+    Raises:
+        ParamsError: one line, ``<file>: params.<dotted.key>: <problem>``.
+    """
+    source = "<params dict>"
+    if isinstance(params, (str, Path)):
+        source = str(params)
+        p = Path(params)
+        if not p.is_absolute() and not p.is_file():
+            p = repo_root() / p
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ParamsError(f"{source}: params file not found") from None
+        except yaml.YAMLError as e:
+            raise ParamsError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict) or set(raw) != {"params"}:
+            keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+            raise ParamsError(f"{source}: the file must have exactly one top-level key 'params', found {keys}")
+        data = raw["params"]
+    else:
+        data = params
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: params must be a mapping, got {type(data).__name__}")
+    data = _apply_overrides(data, overrides or {})
+    try:
+        return RunParams.model_validate(data)
+    except ValidationError as e:
+        raise ParamsError(_format_error(source, e)) from None
+
+
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    import copy
+
+    out = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xalign.params FILE...``: validate params files, print the run names."""
+    import sys
+
+    files = argv if argv is not None else sys.argv[1:]
+    if not files:
+        print("usage: python -m xalign.params params/<run>.yaml [...]", file=sys.stderr)
+        return 2
+    for f in files:
+        try:
+            P = load_params(f)
+        except ParamsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(P.run_name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

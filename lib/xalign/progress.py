@@ -1,0 +1,22 @@
+"""Progress bars that stay readable in papermill logs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable, TypeVar
+
+from tqdm.auto import tqdm as _tqdm
+
+T = TypeVar("T")
+
+
+def progress(it: Iterable[T], desc: str, total: int | None = None, mininterval: float = 10.0) -> Iterable[T]:
+    """Wrap ``it`` in a tqdm bar throttled to one update per ``mininterval`` seconds.
+
+    Under papermill (no TTY) the bar prints one line per interval instead of redrawing,
+    so executed notebooks and CI logs stay short.
+    """
+    tty = sys.stderr.isatty()
+    return _tqdm(it, desc=desc, total=total, mininterval=mininterval if not tty else 0.5,
+                 maxinterval=max(mininterval, 10.0), ascii=not tty, dynamic_ncols=tty,
+                 file=sys.stderr, leave=True)
