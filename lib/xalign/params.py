@@ -296,12 +296,18 @@ def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m xalign.params FILE...``: validate params files, print the run names."""
+    """``python -m xalign.params [--run-dir] FILE...``: validate params files.
+
+    Prints each run's name (or, with ``--run-dir``, its run directory); exits 1 with a
+    one-line error on the first invalid file.
+    """
     import sys
 
-    files = argv if argv is not None else sys.argv[1:]
+    args = list(argv if argv is not None else sys.argv[1:])
+    want_dir = "--run-dir" in args
+    files = [a for a in args if a != "--run-dir"]
     if not files:
-        print("usage: python -m xalign.params params/<run>.yaml [...]", file=sys.stderr)
+        print("usage: python -m xalign.params [--run-dir] params/<run>.yaml [...]", file=sys.stderr)
         return 2
     for f in files:
         try:
@@ -309,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         except ParamsError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        print(P.run_name)
+        print(P.run_dir() if want_dir else P.run_name)
     return 0
 
 

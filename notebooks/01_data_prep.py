@@ -1,0 +1,60 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Data prep: UD treebanks → UniMorph → one dataset per (language, attribute)
+#
+# Following Stańczak et al. (2022) and Wang et al. (2024, Sec. 3):
+#
+# 1. read each language's UD treebank (CoNLL-U, syntactic words; multiword tokens are
+#    represented by their syntactic words),
+# 2. map UD FEATS to UniMorph features with the converter of McCarthy et al. (2018)
+#    (`ud-compatibility`), and group features into attributes (Number, Gender, POS, ...),
+# 3. pool the treebank's sentences and split 80/10/10 **by lemma** (all forms of a lemma in
+#    one split; seeded),
+# 4. keep an attribute value only if it occurs at least `min_count` times in every split; an
+#    attribute left with fewer than two values is skipped, and the reason is logged.
+
+# %% tags=["parameters"]
+# A params file (path, relative to the repository root) or the dict papermill injects
+# with `-f params/<run>.yaml`. The default is the tiny-model lab over the data bundle.
+params = "params/tiny-lab.yaml"
+
+# %%
+import logging
+
+import pandas as pd
+
+from xalign import runs
+from xalign.params import load_params
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+pd.set_option("display.width", 160, "display.max_columns", 30)
+P = load_params(params)
+print(P.run_name, "->", P.run_dir())
+
+# %%
+summary = runs.run_data_prep(P)
+table = summary.tables["summary"]
+
+# %% [markdown]
+# Kept datasets: number of values and examples per split.
+
+# %%
+table[table.status == "kept"].pivot_table(index="language", columns="attribute", values="n_train", aggfunc="first")
+
+# %% [markdown]
+# Skipped (language, attribute) pairs and why:
+
+# %%
+table[table.status != "kept"][["language", "attribute", "reason"]]

@@ -1,0 +1,57 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Overlap: do languages share their most informative neurons?
+#
+# For two languages with selected sets A and B of k neurons, the **overlap rate** is
+# |A ∩ B| / k. Under random selection the overlap is hypergeometric, so its expected rate,
+# the **chance level**, is k/d, and the p-value of an observed overlap o is
+# P[X ≥ o] = `hypergeom.sf(o-1, d, k, k)`, Holm-corrected across the language pairs of each
+# (checkpoint, layer, attribute). The average overlap is the mean over pairs.
+
+# %% tags=["parameters"]
+# A params file (path, relative to the repository root) or the dict papermill injects
+# with `-f params/<run>.yaml`. The default is the tiny-model lab over the data bundle.
+params = "params/tiny-lab.yaml"
+
+# %%
+import logging
+
+import pandas as pd
+
+from xalign import runs
+from xalign.params import load_params
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+pd.set_option("display.width", 160, "display.max_columns", 30)
+P = load_params(params)
+print(P.run_name, "->", P.run_dir())
+
+# %%
+summary = runs.run_overlap(P)
+avg = summary.tables["average"]
+
+# %% [markdown]
+# Average overlap per checkpoint, next to the chance level k/d:
+
+# %%
+avg.round(3)
+
+# %% [markdown]
+# The most-overlapping significant pairs on the last checkpoint:
+
+# %%
+pairs = summary.tables["pairs"]
+last = pairs[pairs.checkpoint == pairs.sort_values("step").checkpoint.iloc[-1]]
+last[last.significant].sort_values("overlap_rate", ascending=False).head(15)

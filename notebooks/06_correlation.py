@@ -1,0 +1,47 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Correlation between overlap and transfer (Table 1)
+#
+# Pearson's r (scipy) between neuron overlap and zero-shot transfer, per task:
+#
+# * **average**: per checkpoint, the mean overlap over language pairs against the mean
+#   transfer over target languages;
+# * **pairwise**: per (target language, checkpoint), the English–target overlap against that
+#   language's transfer.
+
+# %% tags=["parameters"]
+# A params file (path, relative to the repository root) or the dict papermill injects
+# with `-f params/<run>.yaml`. The default is the tiny-model lab over the data bundle.
+params = "params/tiny-lab.yaml"
+
+# %%
+import logging
+
+import pandas as pd
+
+from xalign import runs
+from xalign.params import load_params
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+pd.set_option("display.width", 160, "display.max_columns", 30)
+P = load_params(params)
+print(P.run_name, "->", P.run_dir())
+
+# %%
+summary = runs.run_correlation(P)
+summary.tables["table1"].round(3)
+
+# %%
+print((P.run_dir() / "correlation" / "table1.md").read_text())

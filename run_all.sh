@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Reproduce headless: every numbered notebook, for one or more runs.
+#
+#   bash run_all.sh                               # default: params/tiny-lab.yaml
+#   bash run_all.sh params/bloom-560m.yaml ...    # several runs, one after the other
+#   ONLY="03 04" bash run_all.sh params/x.yaml    # only some stages (NN prefixes)
+#
+# Each notebooks/NN_*.py (jupytext percent format) is converted to ipynb with jupytext and
+# executed by papermill with kernel python3 and the params file passed with -f. Executed
+# notebooks go to runs/<run>/notebooks/, stage wall times to runs/<run>/timings.csv,
+# figures to figures/<run>/.
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ -x .venv/bin/python ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
+export MPLBACKEND=Agg PYTHONUNBUFFERED=1
+[ $# -gt 0 ] || set -- params/tiny-lab.yaml
+
+python -m xalign.params "$@" > /dev/null   # validate every params file before running anything
+for params in "$@"; do
+  run=$(python -m xalign.params "$params")
+  run_dir=$(python -m xalign.params --run-dir "$params")
+  out="$run_dir/notebooks"
+  mkdir -p "$out"
+  t_run=$(date +%s.%N)
+  for nb in notebooks/[0-9][0-9]_*.py; do
+    name=$(basename "$nb" .py)
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" ${name:0:2} "* ]]; then continue; fi
+    echo "== $run: $name"
+    t0=$(date +%s.%N)
+    jupytext --to ipynb -o - "$nb" \
+      | papermill - "$out/$name.ipynb" -k python3 -f "$params" --cwd . --log-output --no-progress-bar
+    dt=$(python -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
+    echo "$(date -Iseconds),$name,$dt" >> "$run_dir/timings.csv"
+    echo "== $run: $name took $dt s"
+  done
+  echo "== $run: all stages took $(python -c "print(f'{$(date +%s.%N) - $t_run:.1f}')") s (see $run_dir/timings.csv)"
+done

