@@ -1,0 +1,628 @@
+"""Data preparation: UD treebanks -> UniMorph -> one labelled dataset per (language, attribute).
+
+The method is that of Wang et al. (2024, Sec. 3), which follows Stańczak et al. (2022):
+each language's UD v2.1 treebank is read (all splits pooled), every syntactic word's
+UPOS + FEATS are converted to UniMorph features (McCarthy et al. 2018, see
+:mod:`xalign.unimorph`), the words are re-split into train/dev/test *by lemma* (all forms
+of a lemma fall in one split), and for each attribute (Number, Gender, POS, ...) only the
+values occurring at least ``min_count`` times in every split are kept; an attribute with
+fewer than two such values is skipped for that language.
+
+The module also reads the other data the pipeline needs: XNLI dev/test (Conneau et al.
+2018, XTREME's TSV files) and (word forms, UPOS) sentences for the zero-shot POS
+transfer stage, and treebank sentences as pretraining text for the tiny-model lab.
+
+Bad input raises an error with a one-line message naming the file (and line) and the problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Iterable, Iterator, Mapping, Sequence, TextIO
+
+import conllu
+import pandas as pd
+from conllu.exceptions import ParseException
+
+from xalign.progress import progress
+from xalign.unimorph import ATTRIBUTES, UniMorphError, attribute_values, to_unimorph
+
+logger = logging.getLogger("xalign.data")
+
+SPLITS: tuple[str, ...] = ("train", "dev", "test")
+UD_SOURCE = "the official UD v2.1 release (https://universaldependencies.org; see the data bundle README)"
+XNLI_SOURCE = "XNLI 1.0 (Conneau et al. 2018) dev/test as preprocessed by XTREME (see the data bundle README)"
+XNLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
+
+
+# ---------------------------------------------------------------------------------------
+# Language registry
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LanguageInfo:
+    """One of the paper's languages.
+
+    Attributes:
+        code: ISO 639-1 code used throughout the project (``"es"``).
+        name: English name.
+        treebank: default treebank folder under ``<data_root>/ud/`` (the bundle's primary one).
+        unimorph_lang: language code passed to :func:`xalign.unimorph.to_unimorph`; codes
+            without a language-specific ud-compatibility translator get the base one.
+    """
+
+    code: str
+    name: str
+    treebank: str
+    unimorph_lang: str
+
+
+_REGISTRY = [
+    # The bundle's primary treebank per language (data README, section 1). Arabic and Hindi
+    # use PUD (PADT/HDTB are absent); English uses GUM (has a train split; the paper's
+    # UD_English = EWT is available as "UD_English-EWT"); Spanish uses AnCora (the paper's
+    # UD_Spanish = GSD is available as "UD_Spanish-GSD").
+    LanguageInfo("ar", "Arabic", "UD_Arabic-PUD", "ar"),
+    LanguageInfo("eu", "Basque", "UD_Basque-BDT", "eu"),
+    LanguageInfo("ca", "Catalan", "UD_Catalan-AnCora", "ca"),
+    LanguageInfo("zh", "Chinese", "UD_Chinese-GSD", "zh"),
+    LanguageInfo("en", "English", "UD_English-GUM", "en"),
+    LanguageInfo("fr", "French", "UD_French-GSD", "fr"),
+    LanguageInfo("hi", "Hindi", "UD_Hindi-PUD", "hi"),
+    LanguageInfo("mr", "Marathi", "UD_Marathi-UFAL", "mr"),
+    LanguageInfo("pt", "Portuguese", "UD_Portuguese-Bosque", "pt"),
+    LanguageInfo("es", "Spanish", "UD_Spanish-AnCora", "es"),
+    LanguageInfo("ta", "Tamil", "UD_Tamil-TTB", "ta"),
+    LanguageInfo("ur", "Urdu", "UD_Urdu-UDTB", "ur"),
+    LanguageInfo("vi", "Vietnamese", "UD_Vietnamese-VTB", "vi"),
+]
+#: ISO 639-1 code -> :class:`LanguageInfo` for the paper's 13 languages (read-only).
+LANGUAGES: Mapping[str, LanguageInfo] = MappingProxyType({x.code: x for x in _REGISTRY})
+
+
+def language_info(lang: str) -> LanguageInfo:
+    """Registry entry of ``lang``; raises ValueError naming the code and the known ones."""
+    try:
+        return LANGUAGES[lang]
+    except KeyError:
+        raise ValueError(
+            f"unknown language code {lang!r}; known: {', '.join(LANGUAGES)} "
+            "(or pass treebank=<UD folder> explicitly)") from None
+
+
+def find_treebank_files(data_root: str | Path, lang: str, treebank: str | None = None) -> dict[str, Path]:
+    """The CoNLL-U split files of one language's treebank.
+
+    Args:
+        data_root: the data bundle (holds ``ud/``).
+        lang: ISO 639-1 code of one of the 13 languages (any code if ``treebank`` is given).
+        treebank: folder under ``<data_root>/ud/`` overriding the default (e.g. ``"UD_English-EWT"``).
+
+    Returns:
+        ``{"train"|"dev"|"test": path}`` for the splits present (``*-ud-<split>.conllu``),
+        in train, dev, test order.
+
+    Raises:
+        ValueError: unknown ``lang`` without ``treebank``, or two files for one split.
+        FileNotFoundError: the folder or all its split files are missing (names what is expected).
+    """
+    if treebank is None:
+        treebank = language_info(lang).treebank
+    folder = Path(data_root) / "ud" / treebank
+    expected = f"{folder}/*-ud-{{train,dev,test}}.conllu"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: treebank folder not found; expected {expected} from {UD_SOURCE}")
+    files: dict[str, Path] = {}
+    for split in SPLITS:
+        found = sorted(folder.glob(f"*-ud-{split}.conllu"))
+        if len(found) > 1:
+            raise ValueError(f"{folder}: several {split} files ({', '.join(p.name for p in found)}); keep one")
+        if found:
+            files[split] = found[0]
+    if not files:
+        raise FileNotFoundError(f"{folder}: no treebank split files; expected {expected} from {UD_SOURCE}")
+    return files
+
+
+# ---------------------------------------------------------------------------------------
+# CoNLL-U reading
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One syntactic word (CoNLL-U line with an integer ID).
+
+    ``feats`` is the raw FEATS column (``"_"`` if none); ``mwt_form`` is the surface form of
+    the multiword token the word belongs to (``"del"`` for ``de`` + ``el``), else None.
+    """
+
+    form: str
+    lemma: str
+    upos: str
+    feats: str
+    mwt_form: str | None = None
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One treebank sentence: ``sent_id``, ``# text`` (or the forms joined by spaces), its
+    syntactic words, and ``ud_split``, the treebank file it came from ("train"/"dev"/"test")."""
+
+    sent_id: str
+    text: str
+    words: list[Word]
+    ud_split: str = ""
+
+
+class _TrackedLines:
+    """A text file fed line by line to ``conllu.parse_incr``.
+
+    Remembers the current sentence block (a maximal run of non-blank lines), its index and
+    its first line number, so errors can name the line; with ``select``, only the blocks
+    whose index is in it reach the parser (the others are skipped unparsed).
+    """
+
+    def __init__(self, f: TextIO, select: set[int] | None = None) -> None:
+        self._f = f
+        self._select = select
+        self.lineno = 0
+        self.block_idx = -1
+        self.block_start = 0
+        self.block: list[str] = []
+        self._in_block = False
+        self._keep = True
+
+    def read(self, *args: object) -> str:  # parse_incr only checks that it exists
+        return self._f.read(*args)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self._f:
+            self.lineno += 1
+            if line.strip():
+                if not self._in_block:
+                    self._in_block = True
+                    self.block_idx += 1
+                    self.block, self.block_start = [], self.lineno
+                    self._keep = self._select is None or self.block_idx in self._select
+                if self._keep:
+                    self.block.append(line)
+                    yield line
+            else:
+                self._in_block = False
+                yield line
+
+
+def count_sentences(path: str | Path) -> int:
+    """Number of sentence blocks (maximal runs of non-blank lines) in a CoNLL-U file, unparsed."""
+    n, in_block = 0, False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                n += not in_block
+                in_block = True
+            else:
+                in_block = False
+    return n
+
+
+def _raw(line: list[str], i: int) -> str:
+    return line[i]
+
+
+# Only the first six columns are parsed (HEAD, DEPREL, DEPS, MISC are not used; parsing
+# them costs ~40% of the read time); every word line is still checked to have 10 columns.
+_FIELDS = ("id", "form", "lemma", "upos", "xpos", "feats")
+_FIELD_PARSERS = {"id": lambda line, i: conllu.parser.parse_id_value(line[i]), "xpos": _raw, "feats": _raw}
+
+
+def _locate_error(path: Path, tracked: _TrackedLines, err: Exception) -> ValueError:
+    """Find the line of ``tracked.block`` that conllu rejects; one-line ValueError."""
+    for k, line in enumerate(tracked.block):
+        text = line.rstrip("\r\n")
+        if text.startswith("#"):
+            continue
+        try:
+            conllu.parser.parse_line(text, _FIELDS, dict(_FIELD_PARSERS))
+        except ParseException as e:
+            return ValueError(f"{path}: line {tracked.block_start + k}: malformed CoNLL-U line ({e})")
+    return ValueError(f"{path}: line {tracked.block_start}: malformed CoNLL-U sentence ({err})")
+
+
+def _check_block(path: Path, tracked: _TrackedLines) -> None:
+    for k, line in enumerate(tracked.block):
+        if line.startswith("#"):
+            continue
+        n = line.rstrip("\r\n").count("\t") + 1
+        if n != 10:
+            raise ValueError(f"{path}: line {tracked.block_start + k}: malformed CoNLL-U line "
+                             f"(expected 10 tab-separated columns, found {n})")
+
+
+def read_conllu(path: str | Path, ud_split: str = "", select: set[int] | None = None) -> list[Sentence]:
+    """Read one CoNLL-U file with ``conllu.parse_incr`` into :class:`Sentence` objects.
+
+    Multiword-token range lines (``1-2``) and empty nodes (``8.1``) are not words: the
+    syntactic words are kept, and a word inside a multiword token records its surface
+    form in ``mwt_form``.
+
+    Args:
+        path: the ``.conllu`` file.
+        ud_split: recorded in each ``Sentence.ud_split``.
+        select: 0-based indices of the sentences to read (others are skipped unparsed,
+            so their lines are not checked); None reads all.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a malformed line: ``<file>: line <n>: malformed CoNLL-U line (<problem>)``,
+            or a file without sentences.
+    """
+    path = Path(path)
+    sentences: list[Sentence] = []
+    with open(path, encoding="utf-8") as f:
+        tracked = _TrackedLines(f, select)
+        it = conllu.parse_incr(tracked, fields=_FIELDS, field_parsers=_FIELD_PARSERS)  # type: ignore[arg-type]
+        while True:
+            try:
+                tokenlist = next(it)
+            except StopIteration:
+                break
+            except ParseException as e:
+                raise _locate_error(path, tracked, e) from None
+            _check_block(path, tracked)
+            sentences.append(_sentence(path, tracked, tokenlist, ud_split))
+    if not sentences and select is None:
+        raise ValueError(f"{path}: no sentences (empty CoNLL-U file)")
+    return sentences
+
+
+def _sentence(path: Path, tracked: _TrackedLines, tokenlist: conllu.TokenList, ud_split: str) -> Sentence:
+    mwt: dict[int, str] = {}
+    words: list[Word] = []
+    for tok in tokenlist:
+        tid = tok["id"]
+        if isinstance(tid, tuple):
+            if tid[1] == "-":
+                for i in range(tid[0], tid[2] + 1):
+                    mwt[i] = tok["form"]
+            continue  # range line or empty node
+        if not isinstance(tid, int):
+            raise ValueError(f"{path}: line {tracked.block_start}: a word line without an ID")
+        words.append(Word(tok["form"], tok["lemma"], tok["upos"], tok["feats"] or "_", mwt.get(tid)))
+    meta = tokenlist.metadata
+    sent_id = meta.get("sent_id") or f"{path.name}:{tracked.block_idx + 1}"
+    text = meta.get("text") or " ".join(w.form for w in words)
+    return Sentence(str(sent_id), str(text), words, ud_split)
+
+
+def read_treebank(files: Mapping[str, Path], max_sentences: int | None = None, seed: int = 0) -> list[Sentence]:
+    """All sentences of a treebank, splits pooled (train, dev, test order).
+
+    The method pools each treebank's sentences and re-splits the words by lemma
+    (:func:`split_by_lemma`), so the UD split only survives as ``Sentence.ud_split``.
+
+    Args:
+        files: ``{split: path}`` as from :func:`find_treebank_files`.
+        max_sentences: if given and smaller than the pooled count, a uniform random sample
+            of this many sentences, drawn with ``random.Random(seed)`` over the pooled
+            sentence indices (deterministic) and kept in file order; only the sampled
+            sentences are parsed.
+        seed: sampling seed.
+
+    Raises:
+        ValueError: ``max_sentences < 1``, an unknown split name, or a malformed file.
+    """
+    if max_sentences is not None and max_sentences < 1:
+        raise ValueError(f"max_sentences must be >= 1, got {max_sentences}")
+    bad = sorted(set(files) - set(SPLITS))
+    if bad:
+        raise ValueError(f"unknown split names {bad}; expected some of {list(SPLITS)}")
+    order = [s for s in SPLITS if s in files]
+    select: dict[str, set[int] | None] = {s: None for s in order}
+    if max_sentences is not None:
+        counts = [count_sentences(files[s]) for s in order]
+        total = sum(counts)
+        if max_sentences < total:
+            chosen = random.Random(seed).sample(range(total), max_sentences)
+            offset = 0
+            for s, n in zip(order, counts):
+                select[s] = {i - offset for i in chosen if offset <= i < offset + n}
+                offset += n
+    sentences: list[Sentence] = []
+    for split in order:
+        if select[split] != set():
+            sentences.extend(read_conllu(files[split], ud_split=split, select=select[split]))
+    return sentences
+
+
+# ---------------------------------------------------------------------------------------
+# Words table and datasets
+# ---------------------------------------------------------------------------------------
+WORD_COLUMNS = ["language", "sent_idx", "word_idx", "form", "lemma", "upos", "feats",
+                "unimorph", "mwt_form", "sent_id"]
+
+
+def words_table(lang: str, sentences: Sequence[Sentence]) -> pd.DataFrame:
+    """One row per syntactic word, with its UniMorph features.
+
+    Args:
+        lang: ISO 639-1 code; selects the ud-compatibility translator (an unregistered code
+            is passed to the converter as is, i.e. usually the base translator).
+        sentences: as from :func:`read_treebank`.
+
+    Returns:
+        DataFrame with columns ``language, sent_idx`` (0..n-1 in list order), ``word_idx``
+        (0-based position among the sentence's syntactic words), ``form, lemma, upos,
+        feats`` (raw UD columns), ``unimorph`` (``;``-joined sorted UniMorph features, ``"_"``
+        if none), ``mwt_form`` (surface multiword token or None) and ``sent_id``.
+
+    Raises:
+        ValueError: the converter fails on a word (names sentence id, word and FEATS).
+    """
+    um_lang = LANGUAGES[lang].unimorph_lang if lang in LANGUAGES else lang
+    rows: dict[str, list] = {c: [] for c in WORD_COLUMNS}
+    for si, sent in enumerate(sentences):
+        for wi, w in enumerate(sent.words):
+            try:
+                um = to_unimorph(um_lang, w.upos, w.feats, w.form, w.lemma)
+            except UniMorphError as e:
+                raise ValueError(f"{lang} sentence {sent.sent_id} word {wi + 1} ({w.form!r}): {e}") from None
+            rows["language"].append(lang)
+            rows["sent_idx"].append(si)
+            rows["word_idx"].append(wi)
+            rows["form"].append(w.form)
+            rows["lemma"].append(w.lemma)
+            rows["upos"].append(w.upos)
+            rows["feats"].append(w.feats)
+            rows["unimorph"].append(";".join(sorted(um)) or "_")
+            rows["mwt_form"].append(w.mwt_form)
+            rows["sent_id"].append(sent.sent_id)
+    df = pd.DataFrame(rows, columns=WORD_COLUMNS)
+    df["sent_idx"] = df["sent_idx"].astype("int64")
+    df["word_idx"] = df["word_idx"].astype("int64")
+    return df
+
+
+def load_words(data_root: str | Path, languages: Iterable[str], treebanks: Mapping[str, str] | None = None,
+               max_sentences_per_language: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """:func:`words_table` of several languages, concatenated (``sent_idx`` restarts per language).
+
+    Each language's treebank is found with :func:`find_treebank_files` (``treebanks``
+    overrides the folder per language) and read with :func:`read_treebank`.
+    """
+    treebanks = treebanks or {}
+    tables = []
+    for lang in progress(list(languages), desc="UD -> UniMorph"):
+        files = find_treebank_files(data_root, lang, treebanks.get(lang))
+        sentences = read_treebank(files, max_sentences_per_language, seed)
+        tables.append(words_table(lang, sentences))
+    if not tables:
+        return pd.DataFrame({c: [] for c in WORD_COLUMNS})
+    return pd.concat(tables, ignore_index=True)
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    fr = tuple(float(x) for x in fractions)
+    if len(fr) != 3 or any(x < 0 for x in fr) or abs(sum(fr) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
+    return fr  # type: ignore[return-value]
+
+
+def split_by_lemma(lemmas: Iterable[str], fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                   seed: int = 0) -> dict[str, str]:
+    """Assign each distinct lemma to "train", "dev" or "test" (the method's lemma-disjoint split).
+
+    The distinct lemmas are sorted (so the result does not depend on input order or on
+    Python's hash seed), shuffled with ``random.Random(seed)``, and cut by fractions of the
+    *number of lemmas*: the first ``round(f_train * n)`` go to train, the next
+    ``round(f_dev * n)`` to dev, the rest to test. All forms of a lemma therefore fall in
+    one split; splits hold fractions of lemmas, not of word tokens.
+
+    Raises:
+        ValueError: ``fractions`` are not three non-negative numbers summing to 1.
+    """
+    f_train, f_dev, _ = _check_fractions(fractions)
+    distinct = sorted(set(lemmas))
+    random.Random(seed).shuffle(distinct)
+    n = len(distinct)
+    n_train = int(round(f_train * n))
+    n_dev = min(int(round(f_dev * n)), n - n_train)
+    out = {lem: "train" for lem in distinct[:n_train]}
+    out.update({lem: "dev" for lem in distinct[n_train:n_train + n_dev]})
+    out.update({lem: "test" for lem in distinct[n_train + n_dev:]})
+    return out
+
+
+def _split_key(words: pd.DataFrame) -> pd.Series:
+    """Lemma, or the form where the treebank has no lemma (``_``; e.g. all of Hindi-PUD)."""
+    lemma = words["lemma"].astype("string").fillna("_")
+    return lemma.where(lemma != "_", words["form"].astype("string"))
+
+
+LABEL_COLUMNS = ["language", "attribute", "sent_idx", "word_idx", "value", "split"]
+SUMMARY_COLUMNS = ["language", "attribute", "status", "reason", "n_values", "values",
+                   "n_train", "n_dev", "n_test"]
+
+
+def build_datasets(words: pd.DataFrame, attributes: Sequence[str], min_count: int = 20,
+                   fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One labelled dataset per (language, attribute), split by lemma (Stańczak et al. 2022).
+
+    For each language one lemma split (:func:`split_by_lemma`, shared by all attributes) is
+    made; words whose LEMMA is ``_`` are split by their form. For each attribute the words
+    carrying it (:func:`xalign.unimorph.attribute_values`) are taken, and a value is kept
+    only if it occurs at least ``min_count`` times in *every* split; with fewer than two
+    values left the attribute is skipped for that language (logged at INFO on logger
+    ``xalign.data`` with its reason).
+
+    Args:
+        words: as from :func:`words_table` / :func:`load_words` (needs ``language, sent_idx,
+            word_idx, form, lemma, unimorph``).
+        attributes: subset of ``xalign.unimorph.ATTRIBUTES``.
+        min_count: minimum count of a value in each split.
+        fractions: train/dev/test fractions of lemmas.
+        seed: lemma-split seed.
+
+    Returns:
+        ``(labels, summary)``. ``labels``: columns ``language, attribute, sent_idx,
+        word_idx, value, split``, one row per labelled word. ``summary``: one row per
+        (language, attribute) with ``status`` ("kept"/"skipped"), ``reason`` (empty when
+        kept), ``n_values``/``values`` (values that passed the filter, comma-joined) and
+        ``n_train, n_dev, n_test`` (words with such values per split).
+
+    Raises:
+        ValueError: unknown attribute, missing column, empty ``words``, or ``min_count < 1``.
+    """
+    bad = [a for a in attributes if a not in ATTRIBUTES]
+    if bad:
+        raise ValueError(f"unknown attributes {bad}; known: {list(ATTRIBUTES)}")
+    missing = [c for c in ("language", "sent_idx", "word_idx", "form", "lemma", "unimorph") if c not in words]
+    if missing:
+        raise ValueError(f"words table lacks columns {missing}")
+    if min_count < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    if words.empty:
+        raise ValueError("words table is empty: no treebank words to build datasets from")
+    _check_fractions(fractions)
+
+    labels: list[pd.DataFrame] = []
+    summary: list[dict] = []
+    parsed: dict[str, dict[str, str]] = {}
+    for lang in pd.unique(words["language"]):
+        sub = words[words["language"] == lang]
+        key = _split_key(sub)
+        split = key.map(split_by_lemma(key.tolist(), fractions, seed))
+        uniq = pd.unique(sub["unimorph"])
+        for s in uniq:
+            if s not in parsed:
+                parsed[s] = attribute_values(frozenset(str(s).split(";")))
+        for attr in attributes:
+            value = sub["unimorph"].map({s: parsed[s].get(attr) for s in uniq})
+            has = value.notna()
+            row = {"language": lang, "attribute": attr}
+            if not has.any():
+                _skip(summary, row, f"no words carry {attr}")
+                continue
+            counts = (pd.crosstab(value[has], split[has])
+                      .reindex(columns=list(SPLITS), fill_value=0).sort_index())
+            ok = counts[(counts >= min_count).all(axis=1)]
+            kept = list(ok.index)
+            n_split = {f"n_{s}": int(ok[s].sum()) for s in SPLITS}
+            row.update(n_values=len(kept), values=",".join(kept), **n_split)
+            if len(kept) < 2:
+                dropped = counts.drop(index=kept).sort_values("train", ascending=False)
+                detail = ", ".join(f"{v} {r.train}/{r.dev}/{r.test}" for v, r in dropped.head(5).iterrows())
+                if len(dropped) > 5:
+                    detail += f", +{len(dropped) - 5} more"
+                _skip(summary, row,
+                      f"{len(kept)} value{'s' if len(kept) != 1 else ''} left after min_count={min_count} "
+                      f"filter: {', '.join(kept) or 'none'}"
+                      + (f" (dropped, train/dev/test counts: {detail})" if detail else ""))
+                continue
+            sel = has & value.isin(kept)
+            labels.append(pd.DataFrame({
+                "language": lang, "attribute": attr,
+                "sent_idx": sub.loc[sel, "sent_idx"].to_numpy(), "word_idx": sub.loc[sel, "word_idx"].to_numpy(),
+                "value": value[sel].to_numpy(), "split": split[sel].astype(str).to_numpy()}))
+            summary.append({**row, "status": "kept", "reason": ""})
+            logger.debug("%s %s kept: %s", lang, attr, row["values"])
+    out = (pd.concat(labels, ignore_index=True) if labels
+           else pd.DataFrame({c: pd.Series(dtype="int64" if c.endswith("_idx") else object)
+                              for c in LABEL_COLUMNS}))
+    return out[LABEL_COLUMNS], pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
+
+
+def _skip(summary: list[dict], row: dict, reason: str) -> None:
+    full = {"n_values": 0, "values": "", "n_train": 0, "n_dev": 0, "n_test": 0, **row,
+            "status": "skipped", "reason": reason}
+    summary.append(full)
+    logger.info("skipped %s %s: %s", row["language"], row["attribute"], reason)
+
+
+# ---------------------------------------------------------------------------------------
+# Transfer-stage data and pretraining text
+# ---------------------------------------------------------------------------------------
+def read_xnli(data_root: str | Path, split: str, lang: str, max_rows: int | None = None) -> pd.DataFrame:
+    """XNLI pairs of one language and split: ``<data_root>/xnli/<split>-<lang>.tsv``.
+
+    Rows are parallel across languages (row i is the same item), so ``max_rows`` keeps the
+    first rows rather than a random sample.
+
+    Returns:
+        DataFrame with string columns ``premise, hypothesis, label`` (label in
+        entailment/neutral/contradiction).
+
+    Raises:
+        FileNotFoundError: no such file (one line naming it, its source and what is available).
+        ValueError: wrong header, a malformed or unlabelled row, an unknown label, or no rows.
+    """
+    folder = Path(data_root) / "xnli"
+    path = folder / f"{split}-{lang}.tsv"
+    if not path.is_file():
+        have = sorted(p.stem for p in folder.glob("*.tsv")) if folder.is_dir() else []
+        avail = f"available: {', '.join(have)}" if have else f"{folder} has no .tsv files"
+        if split == "train":
+            avail += "; the English train split (MultiNLI) is not in the bundle"
+        raise FileNotFoundError(f"{path}: XNLI file not found (expected from {XNLI_SOURCE}; {avail})")
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    try:
+        df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False,
+                         nrows=max_rows, encoding="utf-8")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read XNLI TSV ({str(e).strip().splitlines()[0]})") from None
+    cols = ["premise", "hypothesis", "label"]
+    if list(df.columns) != cols:
+        raise ValueError(f"{path}: header must be premise<TAB>hypothesis<TAB>label, found {list(df.columns)}")
+    if df.empty:
+        raise ValueError(f"{path}: no XNLI rows")
+    na = df[cols].isna().any(axis=1)
+    if na.any():
+        raise ValueError(f"{path}: line {int(na.to_numpy().argmax()) + 2}: fewer than 3 tab-separated fields")
+    bad = ~df["label"].isin(XNLI_LABELS)
+    if bad.any():
+        i = int(bad.to_numpy().argmax())
+        raise ValueError(f"{path}: line {i + 2}: label {df['label'].iloc[i]!r} not in {list(XNLI_LABELS)}")
+    return df
+
+
+def read_pos_sentences(data_root: str | Path, lang: str, split: str | None = None,
+                       treebank: str | None = None, max_sentences: int | None = None,
+                       seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    """(word forms, UPOS tags) per sentence, for zero-shot POS transfer (XTREME UD-POS style).
+
+    Syntactic words are used (multiword-token surface forms are not). English training
+    uses the default en treebank, GUM train.
+
+    Args:
+        split: "train", "dev" or "test"; None pools all available splits.
+        treebank, max_sentences, seed: as in :func:`find_treebank_files` / :func:`read_treebank`.
+
+    Raises:
+        FileNotFoundError: the treebank lacks that split (names the file expected).
+        ValueError: unknown language/split, or a malformed file.
+    """
+    files = find_treebank_files(data_root, lang, treebank)
+    if split is not None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)} or None")
+        if split not in files:
+            folder = next(iter(files.values())).parent
+            raise FileNotFoundError(
+                f"{folder}/*-ud-{split}.conllu: this treebank has no {split} split "
+                f"(has {', '.join(files)}; files come from {UD_SOURCE})")
+        files = {split: files[split]}
+    sentences = read_treebank(files, max_sentences, seed)
+    return [([w.form for w in s.words], [w.upos for w in s.words]) for s in sentences]
+
+
+def treebank_texts(data_root: str | Path, lang: str, max_sentences: int | None = None,
+                   seed: int = 0, treebank: str | None = None) -> list[str]:
+    """Sentence texts (``# text``, else the forms joined by spaces) of a language's treebank
+    (default one unless ``treebank`` is given), all splits pooled, sampled as in
+    :func:`read_treebank`; pretraining text for the tiny-model lab."""
+    files = find_treebank_files(data_root, lang, treebank)
+    return [s.text for s in read_treebank(files, max_sentences, seed)]
