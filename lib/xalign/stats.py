@@ -119,10 +119,12 @@ def mean_transfer(transfer: pd.DataFrame, *, source: str = "en",
 
 def _attribute_views(table: pd.DataFrame, attrs: list[str], keys: list[str],
                      attribute_mean: bool) -> list[tuple[str, pd.DataFrame]]:
-    """(attribute label, rows with ``keys`` + overlap_rate) per attribute, plus the mean."""
-    views = [(a, table[table["attribute"] == a][keys + ["overlap_rate"]]) for a in attrs]
-    if attribute_mean and len(attrs) > 1:
-        sub = table[table["attribute"].isin(attrs)]
+    """(attribute label, rows with ``keys`` + overlap_rate) per attribute present in
+    ``table``, plus their mean when at least two are present."""
+    present = [a for a in attrs if (table["attribute"] == a).any()]
+    views = [(a, table[table["attribute"] == a][keys + ["overlap_rate"]]) for a in present]
+    if attribute_mean and len(present) > 1:
+        sub = table[table["attribute"].isin(present)]
         mean = sub.groupby(keys, sort=False, dropna=False)["overlap_rate"].mean().reset_index()
         views.append(("mean", mean))
     return views
@@ -148,7 +150,10 @@ def correlation_table(pairs: pd.DataFrame, transfer: pd.DataFrame, *, source: st
         metrics: task -> metric; default :data:`DEFAULT_METRICS`.
         attribute_mean: also report attribute "mean", where x is the overlap rate averaged
             over the chosen attributes (over those available for that checkpoint, or
-            checkpoint and language), when more than one attribute is chosen.
+            checkpoint and language), for layers where at least two chosen attributes
+            have overlaps.
+
+    A (layer, attribute) without any overlap row gives no row.
 
     Returns:
         Columns :data:`TABLE_COLUMNS`: ``task``, ``kind`` ("average" | "pairwise"),

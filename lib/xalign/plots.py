@@ -1,0 +1,412 @@
+"""Stage 7: the paper's figures, from the overlap and transfer tables.
+
+Analogues of Wang, Minervini & Ponti (2024), Figures 1-5 and the Appendix B.1 heatmaps.
+Every ``fig_*`` function takes tables and returns a :class:`matplotlib.figure.Figure`
+drawn on its own Agg canvas (no pyplot, no global backend switch, so it also displays
+inline in notebooks); :func:`save` writes it atomically as PNG and PDF.
+
+Conventions: the overlap rate |A ∩ B| / k is a fraction in [0, 1]; the chance rate k / d
+(the expected overlap rate of two random k-subsets of d neurons) is drawn as a dashed
+grey line next to every overlap; layers are numbered as in the paper (ℓ = 1 is the
+embedding output); checkpoints without a ``step`` (NA) are left out of the plots against
+training steps.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from xalign.overlap import overlap_matrix, pair_overlap_with
+from xalign.stats import DEFAULT_METRICS, mean_transfer, pearson, task_scores
+from xalign.store import atomic_path
+
+OVERLAP_LABEL = "overlap rate |A∩B| / k (fraction)"
+STEP_LABEL = "training step (log scale)"
+LAYER_LABEL = "layer ℓ (1 = embedding output)"
+_CHANCE_STYLE = dict(color="0.35", linestyle="--", linewidth=1.2)
+_TASK_ORDER = {"xnli": 0, "pos": 1}
+_FORMATS = ("png", "pdf", "svg")
+
+
+# ---- helpers ---------------------------------------------------------------------------
+def _figure(n_panels: int, ncols: int | None = None, panel: tuple[float, float] = (4.6, 3.4),
+            sharex: bool = False, sharey: bool = False) -> tuple[Figure, list]:
+    ncols = ncols or min(n_panels, 3)
+    nrows = -(-n_panels // ncols)
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=sharex, sharey=sharey).ravel().tolist()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]
+
+
+def _with_steps(df: pd.DataFrame, what: str) -> pd.DataFrame:
+    if "step" not in df.columns:
+        raise ValueError(f"{what}: no 'step' column to plot against training steps")
+    out = df[df["step"].notna()].copy()
+    if out.empty:
+        raise ValueError(f"{what}: no checkpoint has a training step (all 'step' values are NA)")
+    out["step"] = out["step"].astype(float)
+    return out.sort_values("step")
+
+
+def _step_axis(ax, steps: Iterable[float]) -> None:
+    steps = np.asarray(list(steps), dtype=float)
+    pos = steps[steps > 0]
+    if (steps <= 0).any():
+        ax.set_xscale("symlog", linthresh=float(pos.min()) if pos.size else 1.0)
+    else:
+        ax.set_xscale("log")
+    ax.set_xlabel(STEP_LABEL)
+
+
+def _chance_lines(ax, values: Iterable[float], vertical: bool = False) -> None:
+    """Dashed line(s) at the chance overlap rate k/d, labelled for the legend."""
+    for v in sorted({round(float(v), 6) for v in values if pd.notna(v)}):
+        label = f"chance k/d = {v:.3f}"
+        (ax.axvline if vertical else ax.axhline)(v, label=label, **_CHANCE_STYLE)
+
+
+def _fig_legend(fig: Figure, axes: list, title: str, first: Sequence[str] = ()) -> None:
+    """One legend for all panels, right of them: labels in ``first`` order, then the rest."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    labels = [l for l in first if l in seen] + [l for l in seen if l not in first]
+    fig.legend([seen[l] for l in labels], labels, loc="outside right upper", fontsize="small", title=title)
+
+
+def _tasks(tasks: Iterable[str]) -> list[str]:
+    return sorted(set(tasks), key=lambda t: (_TASK_ORDER.get(t, 9), t))
+
+
+def _score_label(task: str, metric: str, values: pd.Series, what: str = "") -> str:
+    unit = "(0–1)" if len(values) and float(np.nanmax(values)) <= 1.0 else "(%)"
+    metric = {"f1": "F1", "acc": "accuracy"}.get(metric, metric)
+    return f"{task.upper()} {metric} {unit}{what}"
+
+
+def _xnli_chance(ax, values: pd.Series) -> None:
+    scale = 1.0 if len(values) and float(np.nanmax(values)) <= 1.0 else 100.0
+    ax.axhline(scale / 3, color="0.6", linestyle=":", linewidth=1, label="chance (3 classes)")
+
+
+def _lang_colors(languages: Sequence[str]) -> dict[str, tuple]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if len(languages) <= 10 else "tab20"]
+    return {lang: cmap(i % cmap.N) for i, lang in enumerate(languages)}
+
+
+def _select(df: pd.DataFrame, column: str, values, what: str) -> pd.DataFrame:
+    if values is None:
+        return df
+    values = list(values)
+    out = df[df[column].isin(values)]
+    if out.empty:
+        raise ValueError(f"{what}: no rows with {column} in {values} (have {sorted(df[column].unique())})")
+    return out
+
+
+def last_checkpoint(table: pd.DataFrame) -> str:
+    """The final checkpoint of a table: the one without a step (NA, e.g. "main"), else the
+    one with the largest step.
+
+    Raises:
+        ValueError: empty table.
+    """
+    if table.empty:
+        raise ValueError("last_checkpoint: empty table")
+    na = table[table["step"].isna()]["checkpoint"].unique()
+    if len(na):
+        return str(sorted(na)[-1])
+    return str(table.loc[table["step"].astype(float).idxmax(), "checkpoint"])
+
+
+# ---- figures ---------------------------------------------------------------------------
+def fig_overlap_vs_step(avg: pd.DataFrame, attributes: Iterable[str] | None = None,
+                        layers: Iterable[int] | None = None) -> Figure:
+    """Figure 1 (Wang et al. 2024): average cross-lingual overlap rate vs training step.
+
+    One panel per attribute, one line per layer ℓ, log-x, chance rate k/d dashed.
+
+    Args:
+        avg: output of :func:`xalign.overlap.average_overlap`.
+        attributes, layers: subsets to draw (default all).
+
+    Raises:
+        ValueError: nothing to draw (no rows with a step for the chosen subsets).
+    """
+    df = _with_steps(_select(_select(avg, "attribute", attributes, "average overlap"),
+                             "layer", layers, "average overlap"), "average overlap")
+    if layers is None:  # leave out layers swept on one checkpoint only (Figure 2's sweep)
+        n_ck = df.groupby("layer")["checkpoint"].nunique()
+        if (n_ck > 1).any():
+            df = df[df["layer"].isin(n_ck[n_ck > 1].index)]
+    attrs = sorted(df["attribute"].unique())
+    fig, axes = _figure(len(attrs), sharey=True)
+    for ax, attr in zip(axes, attrs):
+        g = df[df["attribute"] == attr]
+        for layer, gl in g.groupby("layer", sort=True):
+            ax.plot(gl["step"], gl["overlap_rate"], marker="o", ms=4, color=f"C{int(layer) % 10}",
+                    label=f"ℓ = {layer}")
+        _chance_lines(ax, g["chance_rate"])
+        _step_axis(ax, g["step"])
+        ax.set_title(attr)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(OVERLAP_LABEL)
+    top = float(np.nanmax(np.r_[df["overlap_rate"].to_numpy(float), df["chance_rate"].to_numpy(float)]))
+    axes[0].set_ylim(0, max(top * 1.08, 0.05))
+    _fig_legend(fig, axes, "layer")
+    fig.suptitle("Average cross-lingual neuron overlap over training (mean over language pairs)")
+    return fig
+
+
+def fig_overlap_vs_layer(avg: pd.DataFrame, checkpoint: str | None = None,
+                         attributes: Iterable[str] | None = None) -> Figure:
+    """Figure 2 (Wang et al. 2024): average overlap rate vs layer on one checkpoint.
+
+    One line per attribute, chance rate k/d dashed.
+
+    Args:
+        avg: output of :func:`xalign.overlap.average_overlap`.
+        checkpoint: default :func:`last_checkpoint` of ``avg``.
+        attributes: subset to draw (default all).
+
+    Raises:
+        ValueError: no rows for that checkpoint.
+    """
+    checkpoint = checkpoint if checkpoint is not None else last_checkpoint(avg)
+    df = _select(_select(avg, "checkpoint", [checkpoint], "average overlap"),
+                 "attribute", attributes, "average overlap").sort_values("layer")
+    fig, (ax,) = _figure(1, panel=(6.0, 4.0))
+    for attr, g in df.groupby("attribute", sort=True):
+        ax.plot(g["layer"], g["overlap_rate"], marker="o", ms=4, label=attr)
+    _chance_lines(ax, df["chance_rate"])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(LAYER_LABEL)
+    ax.set_ylabel(OVERLAP_LABEL)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    step = df["step"].iloc[0] if len(df) else pd.NA
+    suffix = f" (step {int(step)})" if pd.notna(step) else ""
+    ax.set_title(f"Average overlap vs layer, checkpoint {checkpoint}{suffix}")
+    return fig
+
+
+def fig_overlap_transfer_vs_step(avg: pd.DataFrame, transfer: pd.DataFrame, layer: int,
+                                 attributes: Iterable[str] | None = None, *, source: str = "en",
+                                 metrics: Mapping[str, str] | None = None) -> Figure:
+    """Figure 3 (Wang et al. 2024): overlap, XNLI and POS transfer vs training step.
+
+    Stacked panels sharing the log-x step axis: (1) average overlap at layer ℓ, one line
+    per attribute, chance k/d dashed; (2..) per task, the transfer score averaged over
+    target languages (source and "en-dev" excluded).
+
+    Raises:
+        ValueError: no overlap rows for the layer, or no stepped rows.
+    """
+    ov = _with_steps(_select(_select(avg, "layer", [layer], "average overlap"),
+                             "attribute", attributes, "average overlap"), "average overlap")
+    mt = mean_transfer(transfer, source=source, metrics=metrics)
+    mt = _with_steps(mt, "transfer") if len(mt) else mt
+    tasks = _tasks(mt["task"]) if len(mt) else []
+    fig, axes = _figure(1 + len(tasks), ncols=1, panel=(6.5, 2.6), sharex=True)
+    ax = axes[0]
+    for attr, g in ov.groupby("attribute", sort=True):
+        ax.plot(g["step"], g["overlap_rate"], marker="o", ms=4, label=attr)
+    _chance_lines(ax, ov["chance_rate"])
+    ax.set_ylabel("overlap rate\n|A∩B| / k")
+    ax.set_ylim(bottom=0)
+    fig.suptitle(f"Average overlap at layer ℓ = {layer} and mean zero-shot transfer ({source} → targets)")
+    ax.legend(fontsize="small", ncols=2)
+    for ax, task in zip(axes[1:], tasks):
+        g = mt[mt["task"] == task]
+        ax.plot(g["step"], g["value"], marker="s", ms=4, color="C3", label="mean over targets")
+        if task == "xnli":
+            _xnli_chance(ax, g["value"])
+        ax.set_ylabel(_score_label(task, str(g["metric"].iloc[0]), g["value"]))
+        ax.legend(fontsize="small")
+    all_steps = np.concatenate([ov["step"].to_numpy(float)] + ([mt["step"].to_numpy(float)] if len(mt) else []))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        _step_axis(ax, all_steps)
+        ax.label_outer()
+    return fig
+
+
+def fig_pairwise_scatter(pairs: pd.DataFrame, transfer: pd.DataFrame, layer: int, attribute: str, *,
+                         source: str = "en", metrics: Mapping[str, str] | None = None) -> Figure:
+    """Figure 4 (Wang et al. 2024): source–target overlap vs target transfer score.
+
+    One panel per task; one point per (target language, checkpoint), coloured by
+    language; least-squares line and Pearson r (two-sided p, n) in the panel title;
+    chance rate k/d as a dashed vertical line.
+
+    Raises:
+        ValueError: no source–target overlap rows for (layer, attribute).
+    """
+    piv = pair_overlap_with(pairs, source)
+    piv = piv[(piv["layer"] == layer) & (piv["attribute"] == attribute)]
+    if piv.empty:
+        raise ValueError(f"overlap pairs: no {source}–target pairs at layer={layer} attribute={attribute}")
+    scores = task_scores(transfer, source=source, metrics=metrics)
+    tasks = _tasks(scores["task"])
+    if not tasks:
+        raise ValueError("transfer table: no rows with a task's main metric on a target language")
+    m_all = piv[["checkpoint", "language", "overlap_rate"]].merge(
+        scores[["checkpoint", "task", "metric", "language", "value"]], on=["checkpoint", "language"])
+    langs = sorted(m_all["language"].unique())
+    colors = _lang_colors(langs)
+    fig, axes = _figure(len(tasks), panel=(4.8, 4.0))
+    for ax, task in zip(axes, tasks):
+        m = m_all[m_all["task"] == task]
+        for lang, g in m.groupby("language", sort=True):
+            ax.scatter(g["overlap_rate"], g["value"], s=22, color=colors[lang], label=lang, alpha=0.85)
+        r, p, n = pearson(m["overlap_rate"], m["value"])
+        if np.isfinite(r):
+            slope, icpt = np.polyfit(m["overlap_rate"].astype(float), m["value"].astype(float), 1)
+            xs = np.linspace(m["overlap_rate"].min(), m["overlap_rate"].max(), 2)
+            ax.plot(xs, slope * xs + icpt, color="k", linewidth=1, label="least squares")
+        _chance_lines(ax, piv["chance_rate"], vertical=True)
+        stat = f"r = {r:.2f} (p = {p:.3g}, n = {n})" if np.isfinite(r) else f"r undefined (n = {n})"
+        ax.set_title(f"{task.upper()}: {stat}")
+        ax.set_xlabel(f"{source}–target overlap rate |A∩B| / k")
+        metric = str(m["metric"].iloc[0]) if len(m) else (metrics or DEFAULT_METRICS).get(task, "")
+        ax.set_ylabel(_score_label(task, metric, m["value"], ", target language"))
+        ax.grid(alpha=0.3)
+    _fig_legend(fig, axes, "target", first=langs)
+    fig.suptitle(f"Pairwise overlap vs zero-shot transfer: {attribute}, layer ℓ = {layer}")
+    return fig
+
+
+def fig_transfer_vs_step(transfer: pd.DataFrame, *, source: str = "en",
+                         metrics: Mapping[str, str] | None = None) -> Figure:
+    """Figure 5 (Wang et al. 2024): per-language zero-shot transfer vs training step.
+
+    One panel per task, one line per language; the source language's own test score is
+    drawn in black, "en-dev" is left out; XNLI's 3-class chance level is dotted.
+
+    Raises:
+        ValueError: no stepped rows with a task's main metric.
+    """
+    s = task_scores(transfer, source=source, metrics=metrics, targets_only=False)
+    s = _with_steps(s, "transfer")
+    tasks = _tasks(s["task"])
+    langs = sorted(set(s["language"]) - {source})
+    colors = _lang_colors(langs)
+    fig, axes = _figure(len(tasks), panel=(5.2, 3.8))
+    for ax, task in zip(axes, tasks):
+        g = s[s["task"] == task]
+        for lang, gl in g.groupby("language", sort=True):
+            if lang == source:
+                ax.plot(gl["step"], gl["value"], color="k", linewidth=2.2, marker="o", ms=3,
+                        label=f"{lang} (source)", zorder=3)
+            else:
+                ax.plot(gl["step"], gl["value"], color=colors[lang], marker="o", ms=3, label=lang)
+        if task == "xnli":
+            _xnli_chance(ax, g["value"])
+        _step_axis(ax, g["step"])
+        ax.set_ylabel(_score_label(task, str(g["metric"].iloc[0]), g["value"]))
+        ax.set_title(f"{task.upper()} (fine-tuned on {source})")
+        ax.grid(alpha=0.3)
+    _fig_legend(fig, axes, "language", first=[f"{source} (source)"] + langs)
+    fig.suptitle("Zero-shot cross-lingual transfer over training")
+    return fig
+
+
+def fig_overlap_heatmap(pairs: pd.DataFrame, checkpoint: str, layer: int, attribute: str,
+                        languages: Iterable[str] | None = None) -> Figure:
+    """Appendix B.1 (Wang et al. 2024): language × language overlap-rate heatmap.
+
+    Cells show |A∩B| / k; '*' marks pairs whose Holm-corrected hypergeometric p is below
+    alpha; the diagonal is blank; the chance rate k/d is given in the title and as a
+    dashed line on the colour bar.
+
+    Raises:
+        ValueError: no pair for (checkpoint, layer, attribute).
+    """
+    from matplotlib import colormaps
+
+    rate, sig = overlap_matrix(pairs, checkpoint, layer, attribute, languages)
+    g = pairs[(pairs["checkpoint"] == checkpoint) & (pairs["layer"] == layer)
+              & (pairs["attribute"] == attribute)]
+    chance, k, d = float(g["chance_rate"].iloc[0]), int(g["k"].iloc[0]), int(g["d"].iloc[0])
+    n = len(rate)
+    size = max(4.5, 0.55 * n + 2.0)
+    fig = Figure(figsize=(size + 1.0, size), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    cmap = colormaps["viridis"].with_extremes(bad="0.9")
+    vals = rate.to_numpy(float)
+    vmax = max(float(np.nanmax(vals)) if np.isfinite(vals).any() else 0.0, 2 * chance, 0.05)
+    im = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=0.0, vmax=vmax)
+    fs = 9 if n <= 8 else 7 if n <= 14 else 5
+    for i in range(n):
+        for j in range(n):
+            v = vals[i, j]
+            if not np.isfinite(v):
+                continue
+            star = "*" if sig.iat[i, j] else ""
+            light = im.norm(v) < 0.6
+            ax.text(j, i, f"{v:.2f}{star}", ha="center", va="center", fontsize=fs,
+                    color="white" if light else "black")
+    ax.set_xticks(range(n), rate.columns, rotation=45, ha="right")
+    ax.set_yticks(range(n), rate.index)
+    ax.set_xlabel("language")
+    ax.set_ylabel("language")
+    cb = fig.colorbar(im, ax=ax, shrink=0.85)
+    cb.set_label(OVERLAP_LABEL)
+    cb.ax.axhline(chance, color="white", linestyle="--", linewidth=1.5)
+    cb.ax.axhline(chance, color="k", linestyle=(0, (2, 2)), linewidth=1.5)
+    ax.set_title(f"{attribute}, layer ℓ = {layer}, {checkpoint}\n"
+                 f"chance k/d = {k}/{d} = {chance:.3f} (dashed on colour bar); "
+                 f"* = Holm-corrected p < α", fontsize="medium")
+    return fig
+
+
+# ---- output ----------------------------------------------------------------------------
+def save(fig: Figure, out_dir: str | Path, name: str, formats: Sequence[str] = ("png", "pdf"),
+         dpi: int = 150) -> list[Path]:
+    """Write ``fig`` as ``<out_dir>/<name>.<fmt>`` for each format, atomically.
+
+    Each file is rendered to a temporary file beside its destination and renamed into
+    place (:func:`xalign.store.atomic_path`), so no half-written figure is ever left.
+
+    Returns:
+        The written paths, in ``formats`` order.
+
+    Raises:
+        ValueError: ``name`` is empty, starts with '.' or contains a path separator, or a
+            format is not one of png/pdf/svg.
+    """
+    if not name or name.startswith(".") or re.search(r"[/\\\x00]", name):
+        raise ValueError(f"figure name {name!r}: must be a plain file stem (no path separator, no leading '.')")
+    bad = [f for f in formats if f not in _FORMATS]
+    if bad:
+        raise ValueError(f"figure {name}: unsupported formats {bad}; use {list(_FORMATS)}")
+    paths = []
+    for fmt in formats:
+        dest = Path(out_dir) / f"{name}.{fmt}"
+        with atomic_path(dest) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi)
+        paths.append(dest)
+    return paths
+
+
+__all__ = [
+    "fig_overlap_vs_step", "fig_overlap_vs_layer", "fig_overlap_transfer_vs_step",
+    "fig_pairwise_scatter", "fig_transfer_vs_step", "fig_overlap_heatmap", "save",
+    "last_checkpoint",
+]
