@@ -440,18 +440,17 @@ def run_figures(P: RunParams) -> StageSummary:
     layer = main_layers[-1] if main_layers else int(pairs.layer.max())
     if transfer is not None and len(transfer):
         figs["fig3_overlap_transfer_vs_step"] = plots.fig_overlap_transfer_vs_step(series, transfer, layer)
-        for attr in sorted(set(pairs.attribute)):
+        at_layer = pairs[pairs.layer == layer]
+        with_source = at_layer[(at_layer.lang_a == "en") | (at_layer.lang_b == "en")]
+        for attr in sorted(set(with_source.attribute)):
             figs[f"fig4_pairwise_scatter_{attr}_L{layer}"] = plots.fig_pairwise_scatter(
-                pairs[pairs.layer == layer], transfer, layer, attr)
+                at_layer, transfer, layer, attr)
         figs["fig5_transfer_vs_step"] = plots.fig_transfer_vs_step(transfer)
     for attr in sorted(set(pairs.attribute)):
         for l in main_layers:
             figs[f"heatmap_{attr}_L{l}_{last}"] = plots.fig_overlap_heatmap(pairs, last, l, attr)
-    import matplotlib.pyplot as plt
-
     for name, fig in figs.items():
         plots.save(fig, out, name, formats=fmt, dpi=P.figures.dpi)
-        plt.close(fig)
         s.computed += 1
     s.tables["figures"] = pd.DataFrame({"figure": sorted(figs)})
     return _finish(s, t0)
