@@ -1,0 +1,335 @@
+"""Greedy neuron selection with a trained intrinsic probe, and a weight-mass baseline.
+
+Wang, Minervini & Ponti (2024, arXiv 2406.13229, Sec. 2.1) follow Stańczak et al. (2022,
+2023): after training the latent-variable probe (:mod:`xalign.probe`), the top-k
+dimensions ("neurons") for an attribute are chosen greedily on the dev set. Starting from
+the empty set, each step adds the dimension that maximises the dev log-likelihood of the
+*same* probe when every dimension not selected is zeroed (no retraining between steps).
+
+Along the path we report, per step, on dev (and optionally test):
+
+* normalised mutual information in bits, ``(H(Y) - H(Y|X)) / H(Y)``, with ``H(Y|X)`` the
+  probe's cross-entropy on the eval set and ``H(Y)`` the cross-entropy of the label prior
+  (add-one smoothed *training* label frequencies) on the same set, so MI is the gain of
+  the probe over the prior (it can be negative when the probe is worse than the prior);
+* accuracy.
+
+The greedy log-likelihood path need **not** increase at every step: without retraining,
+adding a dimension can lower the log-likelihood (its weights were fitted together with
+other dimensions); the step still picks the least harmful dimension.
+
+Kernel: with base logits ``Z_S`` of the current set S, the logits of ``S ∪ {c}`` are
+``Z_S + x[:, c] ⊗ W[c, :]``; candidates are scored in chunks of at most ``chunk_bytes``
+(a (C, chunk, n) tensor), and ``Z_S`` is updated in place after each pick, so a step
+costs O(N · d · C) without ever holding an N × d × C tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from xalign.probe import LatentProbe, ProbeConfig, _check_X, _check_y, train_linear_probe
+
+#: Default memory bound of one candidate chunk (bytes); small chunks stay in cache.
+DEFAULT_CHUNK_BYTES = 4 * 2**20
+_MAX_CHUNK_BYTES = 64 * 2**20
+_LN2 = math.log(2.0)
+
+
+@dataclass
+class SelectionResult:
+    """The selected neurons and the MI / accuracy path.
+
+    Attributes:
+        neurons: the k dimension indices, in the order chosen.
+        dev_loglik: mean dev log-likelihood (nats/example) after each step, len k.
+        dev_mi, dev_acc: normalised MI (bits/bits) and accuracy on dev after each step.
+        test_mi, test_acc: the same on test, or ``None`` without a test set.
+        dev_mi_all, dev_acc_all, test_mi_all, test_acc_all: with all d dimensions.
+        method: ``"greedy"`` or ``"weight_mass"``.
+    """
+
+    neurons: list[int]
+    dev_loglik: list[float]
+    dev_mi: list[float]
+    dev_acc: list[float]
+    test_mi: list[float] | None
+    test_acc: list[float] | None
+    dev_mi_all: float
+    dev_acc_all: float
+    test_mi_all: float | None
+    test_acc_all: float | None
+    method: str
+
+
+def normalised_mi(log_probs: Tensor, y: Tensor, label_prior: Tensor) -> float:
+    """Normalised mutual information ``(H(Y) - H(Y|X)) / H(Y)`` (bits/bits).
+
+    ``H(Y|X) = -mean_n log2 p(y_n | x_n)`` (the probe's cross-entropy on this set) and
+    ``H(Y) = -mean_n log2 prior(y_n)`` (cross-entropy of the training label prior on this
+    set), as in Stańczak et al. (2023) / Wang et al. (2024) Sec. 2.1. 1 = labels fully
+    predicted, 0 = no gain over the prior, < 0 = worse than the prior.
+
+    Args:
+        log_probs: (N, C) natural-log probabilities. y: (N,) int labels.
+        label_prior: (C,) probabilities (e.g. ``LatentProbe.label_prior``).
+
+    Raises:
+        ValueError: on shape mismatch, empty input, or ``H(Y) == 0``.
+    """
+    lp, y = _check_eval(log_probs, y, "normalised_mi")
+    if label_prior.shape != (lp.shape[1],):
+        raise ValueError(f"normalised_mi: label_prior has shape {tuple(label_prior.shape)}, "
+                         f"expected ({lp.shape[1]},)")
+    h_y_x = -float(lp.gather(1, y[:, None]).to(torch.float64).mean()) / _LN2
+    h_y = -float(torch.log(label_prior.to(torch.float64))[y].mean()) / _LN2
+    if not h_y > 0:
+        raise ValueError("normalised_mi: H(Y) is 0 (the prior puts all mass on the observed labels)")
+    return (h_y - h_y_x) / h_y
+
+
+def accuracy(log_probs: Tensor, y: Tensor) -> float:
+    """Fraction of rows of ``log_probs`` (N, C) whose argmax equals ``y`` (N,)."""
+    lp, y = _check_eval(log_probs, y, "accuracy")
+    return float((lp.argmax(dim=1) == y).to(torch.float64).mean())
+
+
+def _check_eval(log_probs: Tensor, y: Tensor, what: str) -> tuple[Tensor, Tensor]:
+    if log_probs.ndim != 2 or y.ndim != 1 or log_probs.shape[0] != y.shape[0] or y.shape[0] == 0:
+        raise ValueError(f"{what}: log_probs must be (N, C) and y (N,) with N > 0, got "
+                         f"{tuple(log_probs.shape)} and {tuple(y.shape)}")
+    y = y.to(torch.int64)
+    if int(y.min()) < 0 or int(y.max()) >= log_probs.shape[1]:
+        raise ValueError(f"{what}: labels out of range [0, {log_probs.shape[1]})")
+    return log_probs, y
+
+
+# ---------------------------------------------------------------------------------------
+# incremental path
+
+
+class _Path:
+    """Base logits ``Z_S`` (C, N) of one eval set, updated as neurons are added."""
+
+    def __init__(self, probe: LatentProbe, X: Tensor, y: Tensor) -> None:
+        self.probe, self.y = probe, y
+        self.XT = X.T.contiguous()  # (d, N)
+        self.ZT = probe.b[:, None].expand(-1, X.shape[0]).contiguous()  # (C, N), empty set
+        self.mi: list[float] = []
+        self.acc: list[float] = []
+        self.loglik: list[float] = []
+
+    def add(self, c: int) -> None:
+        self.ZT.addcmul_(self.probe.W[c][:, None], self.XT[c][None, :])
+        lp = torch.log_softmax(self.ZT.T, dim=1)
+        self.loglik.append(float(lp.gather(1, self.y[:, None]).to(torch.float64).mean()))
+        self.mi.append(normalised_mi(lp, self.y, self.probe.label_prior))
+        self.acc.append(accuracy(lp, self.y))
+
+
+def _candidate_loglik(ZT: Tensor, XT: Tensor, WT: Tensor, y: Tensor, lin: Tensor,
+                      cand: Tensor, chunk_bytes: int) -> Tensor:
+    """Summed log-likelihood (float64, nats) of ``S ∪ {c}`` for each candidate c.
+
+    Args:
+        ZT: (C, N) base logits of S. XT: (d, N) inputs. WT: (C, d) probe weights.
+        y: (N,) labels. lin: (d,) ``Σ_n x[n, c] W[c, y_n]`` per dimension.
+        cand: (B,) candidate dimensions. chunk_bytes: bound on one (C, b, n) chunk.
+
+    Returns:
+        (B,) ``Σ_n log p(y_n | x_n restricted to S ∪ {c})``.
+    """
+    C, N = ZT.shape
+    elems = max(C, chunk_bytes // 4)
+    nb = min(N, max(1, elems // C))  # examples per block
+    cb = max(1, elems // (C * nb))  # candidates per block
+    lse = torch.zeros(cand.shape[0], dtype=torch.float64)
+    for n0 in range(0, N, nb):
+        Zb = ZT[:, None, n0:n0 + nb]  # (C, 1, n)
+        for c0 in range(0, cand.shape[0], cb):
+            idx = cand[c0:c0 + cb]
+            T = torch.addcmul(Zb, WT[:, idx, None], XT[idx, n0:n0 + nb][None])  # (C, b, n)
+            mx = T.amax(dim=0)
+            s = T.sub_(mx).exp_().sum(dim=0)
+            lse[c0:c0 + cb] += s.log_().add_(mx).sum(dim=1, dtype=torch.float64)
+    zy = ZT.gather(0, y[None, :]).sum(dtype=torch.float64)
+    return zy + lin[cand] - lse
+
+
+def _pick_pruned(ZT: Tensor, XT: Tensor, W: Tensor, WT: Tensor, y: Tensor, onehotT: Tensor,
+                 lin: Tensor, xw: Tensor, cand: Tensor, chunk_bytes: int) -> int:
+    """Best candidate by branch and bound; same pick as scoring every candidate.
+
+    Upper bound: for each example, ``t -> log softmax(z + t a)_y`` is concave in t (log-sum-exp
+    is convex), so the log-likelihood after adding candidate c is at most its first-order
+    expansion at the current set S,
+    ``UB(c) = LL(S) + Σ_n x[n, c] (W[c, y_n] - Σ_j p_S(j | x_n) W[c, j])``,
+    one (d, N) @ (N, C) product for all candidates. Candidates are scored exactly in order
+    of decreasing UB until the next UB is below the best exact score by more than a
+    margin (1e-5 nats per example per unit of logit magnitude, covering float32 rounding).
+    Ties go to the lowest dimension index.
+    """
+    C, N = ZT.shape
+    logp = torch.log_softmax(ZT, dim=0)
+    ll_s = logp.gather(0, y[None, :]).sum(dtype=torch.float64)
+    R = onehotT - logp.exp()  # (C, N) one-hot minus current probabilities
+    gain = (XT @ R.T)[cand].mul_(W[cand]).sum(dim=1, dtype=torch.float64)
+    ub = ll_s + gain
+    margin = 1e-5 * float((1 + ZT.abs().amax(dim=0) + xw).sum(dtype=torch.float64))
+    order = torch.sort(ub, descending=True, stable=True).indices
+    elems = max(C, chunk_bytes // 4)
+    step = max(1, elems // (C * N))  # candidates scored per round
+    best = -math.inf
+    seen_idx, seen_val = [], []
+    for c0 in range(0, order.shape[0], step):
+        block = order[c0:c0 + step]
+        if float(ub[block[0]]) + margin < best:
+            break
+        scores = _candidate_loglik(ZT, XT, WT, y, lin, cand[block], chunk_bytes)
+        seen_idx.append(cand[block])
+        seen_val.append(scores)
+        best = max(best, float(scores.max()))
+    idx, val = torch.cat(seen_idx), torch.cat(seen_val)
+    return int(idx[val == val.max()].min())
+
+
+def greedy_select(probe: LatentProbe, X_dev: Tensor, y_dev: Tensor, k: int = 50,
+                  X_test: Tensor | None = None, y_test: Tensor | None = None,
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, prune: bool = True) -> SelectionResult:
+    """Greedy top-k neuron selection on dev (Stańczak et al. 2022/2023; Wang et al. 2024 Sec. 2.1).
+
+    At step t the dimension c maximising the mean dev log-likelihood
+    ``log p(y | x ⊙ 1[S_{t-1} ∪ {c}])`` of the trained ``probe`` (unselected dims zeroed,
+    no retraining) is added. Ties go to the lowest dimension index.
+
+    Args:
+        probe: a trained :class:`~xalign.probe.LatentProbe` (W (d, C), b (C,)).
+        X_dev: (N_dev, d) float, y_dev: (N_dev,) int labels in [0, C).
+        k: number of neurons, 1 <= k <= d.
+        X_test, y_test: optional test set (both or neither) for the test MI/accuracy path.
+        chunk_bytes: memory bound of one candidate chunk (<= 64 MiB).
+        prune: skip candidates whose concavity upper bound (see :func:`_pick_pruned`)
+            cannot beat the best exact score; same picks as ``prune=False`` (exhaustive).
+
+    Returns:
+        :class:`SelectionResult` with ``method="greedy"``.
+
+    Raises:
+        ValueError: one line, for k out of range, shape/label mismatches, NaN/inf inputs.
+    """
+    d = probe.n_dims
+    _check_k(k, d, "greedy_select")
+    if not 0 < chunk_bytes <= _MAX_CHUNK_BYTES:
+        raise ValueError(f"greedy_select: chunk_bytes={chunk_bytes} must be in (0, {_MAX_CHUNK_BYTES}]")
+    dev, test = _eval_sets(probe, X_dev, y_dev, X_test, y_test, "greedy_select")
+    XT, y = dev.XT, dev.y
+    W, WT = probe.W, probe.W.T.contiguous()
+    onehotT = torch.zeros(probe.n_classes, y.shape[0]).scatter_(0, y[None, :], 1.0)  # (C, N)
+    lin = (onehotT @ XT.T).T.mul_(W).sum(dim=1, dtype=torch.float64)  # (d,) Σ_n x[n,c] W[c,y_n]
+    # per-example magnitude of the largest added logit, for the pruning margin
+    xw = (XT.abs() * W.abs().amax(dim=1, keepdim=True)).amax(dim=0)  # (N,)
+    remaining = torch.ones(d, dtype=torch.bool)
+    neurons: list[int] = []
+    for _ in range(k):
+        cand = remaining.nonzero().squeeze(1)
+        if prune:
+            c = _pick_pruned(dev.ZT, XT, W, WT, y, onehotT, lin, xw, cand, chunk_bytes)
+        else:
+            scores = _candidate_loglik(dev.ZT, XT, WT, y, lin, cand, chunk_bytes)
+            c = int(cand[scores == scores.max()].min())
+        neurons.append(c)
+        remaining[c] = False
+        for path in (dev, test):
+            if path is not None:
+                path.add(c)
+    return _result(probe, neurons, dev, test, "greedy")
+
+
+def weight_mass_select(X_train: Tensor, y_train: Tensor, n_classes: int, X_dev: Tensor, y_dev: Tensor,
+                       k: int = 50, X_test: Tensor | None = None, y_test: Tensor | None = None,
+                       seed: int = 0, config: ProbeConfig | None = None,
+                       eval_probe: LatentProbe | None = None) -> SelectionResult:
+    """Baseline: top-k dimensions by linear-probe weight mass (NeuroX-style, Dalvi et al. 2019).
+
+    Trains a plain linear softmax probe on all d dims (:func:`xalign.probe.train_linear_probe`
+    with ``config``, default minibatch Adam as in NeuroX, ``ProbeConfig(lr=1e-3, batch_size=128,
+    seed=seed)``), ranks dimensions by ``Σ_c |W[d, c]|`` (ties: lowest index first) and keeps
+    the top k. Weights are not normalised by the input scale, so dimensions of small
+    variance with large weights rank high. Full-batch Adam is a poor choice here when d is
+    close to N: its first, sign-like steps move every weight by about ``lr`` and early
+    stopping then keeps those near-uniform weights, so ``|W|`` says little.
+
+    The MI/accuracy path is computed like :func:`greedy_select`'s: by ``eval_probe``
+    (default: the plain linear probe) with the dimensions not yet in the top-t zeroed.
+
+    Args:
+        X_train: (N, d) float, y_train: (N,) int labels; n_classes: C.
+        X_dev, y_dev: dev set; X_test, y_test: optional test set; k: 1 <= k <= d.
+
+    Returns:
+        :class:`SelectionResult` with ``method="weight_mass"``.
+
+    Raises:
+        ValueError: one line, as :func:`xalign.probe.train_linear_probe` and for k out of range.
+    """
+    X_train = _check_X(X_train, "weight_mass_select: X_train")
+    _check_k(k, X_train.shape[1], "weight_mass_select")
+    cfg = config if config is not None else ProbeConfig(lr=1e-3, batch_size=128, seed=seed)
+    lin_probe = train_linear_probe(X_train, y_train, n_classes, cfg)
+    mass = lin_probe.W.abs().sum(dim=1)
+    neurons = [int(i) for i in torch.sort(mass, descending=True, stable=True).indices[:k]]
+    probe = eval_probe if eval_probe is not None else lin_probe
+    if probe.W.shape != lin_probe.W.shape:
+        raise ValueError(f"weight_mass_select: eval_probe has W {tuple(probe.W.shape)}, "
+                         f"expected {tuple(lin_probe.W.shape)}")
+    dev, test = _eval_sets(probe, X_dev, y_dev, X_test, y_test, "weight_mass_select")
+    for c in neurons:
+        for path in (dev, test):
+            if path is not None:
+                path.add(c)
+    return _result(probe, neurons, dev, test, "weight_mass")
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _check_k(k: int, d: int, what: str) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
+        raise ValueError(f"{what}: k={k!r} must be an int in [1, d={d}]")
+
+
+def _eval_sets(probe: LatentProbe, X_dev: Tensor, y_dev: Tensor, X_test: Tensor | None,
+               y_test: Tensor | None, what: str) -> tuple[_Path, _Path | None]:
+    if (X_test is None) != (y_test is None):
+        raise ValueError(f"{what}: give both X_test and y_test, or neither")
+    sets = []
+    for name, X, y in (("dev", X_dev, y_dev), ("test", X_test, y_test)):
+        if X is None:
+            sets.append(None)
+            continue
+        X = _check_X(X, f"{what}: X_{name}", d=probe.n_dims)
+        if X.shape[0] == 0:
+            raise ValueError(f"{what}: X_{name} is empty")
+        y = _check_y(y, f"{what}: y_{name}", X.shape[0], probe.n_classes)
+        sets.append(_Path(probe, X, y))
+    return sets[0], sets[1]
+
+
+def _result(probe: LatentProbe, neurons: list[int], dev: _Path, test: _Path | None,
+            method: str) -> SelectionResult:
+    def all_dims(p: _Path) -> tuple[float, float]:
+        lp = probe.log_probs(p.XT.T)
+        return normalised_mi(lp, p.y, probe.label_prior), accuracy(lp, p.y)
+
+    dev_mi_all, dev_acc_all = all_dims(dev)
+    test_mi_all, test_acc_all = all_dims(test) if test is not None else (None, None)
+    return SelectionResult(
+        neurons=neurons, dev_loglik=dev.loglik, dev_mi=dev.mi, dev_acc=dev.acc,
+        test_mi=test.mi if test is not None else None,
+        test_acc=test.acc if test is not None else None,
+        dev_mi_all=dev_mi_all, dev_acc_all=dev_acc_all,
+        test_mi_all=test_mi_all, test_acc_all=test_acc_all, method=method)

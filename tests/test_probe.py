@@ -1,0 +1,242 @@
+"""Latent-variable intrinsic probe (xalign.probe) on planted data."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from xalign.probe import (
+    LatentProbe,
+    ProbeConfig,
+    _bernoulli_entropy,
+    _entropy_grad,
+    _score_grad,
+    _step_grads,
+    held_out_log_lik,
+    held_out_split,
+    label_prior,
+    train_linear_probe,
+    train_probe,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small matmuls: one thread is faster on a shared 2-core machine (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def planted(n: int, d: int, C: int, dims: list[int], strength: float, seed: int):
+    """Labels encoded in ``dims`` by a binary code (±strength); every other dim is N(0, 1) noise.
+
+    Class c shifts planted dim j by +strength if bit (j mod B) of c is set, else -strength,
+    with B = ceil(log2 C): any two classes differ by 2·strength in some planted dim.
+    """
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, C, (n,), generator=g)
+    X = torch.randn(n, d, generator=g)
+    B = max(1, math.ceil(math.log2(C)))
+    bits = torch.tensor([[(c >> (j % B)) & 1 for j in range(len(dims))] for c in range(C)])
+    X[:, dims] += strength * (2 * bits.float() - 1)[y]
+    return X, y
+
+
+# ---- configuration and input errors ------------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [
+    ("lr", 0.0), ("weight_decay", -1.0), ("max_epochs", 0), ("patience", 0), ("batch_size", 0),
+    ("mc_samples", 0), ("entropy_scale", "dataset"), ("held_out_fraction", 1.0),
+    ("held_out_fraction", 0.0),
+])
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=f"ProbeConfig.{field}="):
+        ProbeConfig(**{field: value})
+
+
+def test_train_probe_input_errors():
+    X, y = planted(40, 6, 3, [0], 2.0, seed=0)
+    cfg = ProbeConfig(max_epochs=2)
+    cases = [
+        ((X[:, 0], y, 3), "must be 2-D"),
+        ((X, y[:-1], 3), r"must have shape \(40,\)"),
+        ((X.to(torch.int64), y, 3), "must be a float tensor"),
+        ((X, y.float(), 3), "must be an integer tensor"),
+        ((X, y, 2), r"labels in \[0, 2\], expected \[0, 2\)"),
+        ((X, y - 1, 3), r"labels in \[-1, 1\]"),
+        ((X, y, 1), "n_classes must be an int >= 2"),
+        ((X[:4], y[:4], 3), "too small to hold out"),
+    ]
+    for args, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            train_probe(*args, config=cfg)
+    for bad in (float("nan"), float("inf")):
+        Xb = X.clone()
+        Xb[3, 2] = bad
+        with pytest.raises(ValueError, match=r"NaN or inf \(in 1 of 40 rows\)"):
+            train_probe(Xb, y, 3, cfg)
+    with pytest.raises(ValueError, match="config must be a ProbeConfig"):
+        train_probe(X, y, 3, {"lr": 0.1})
+
+
+def test_log_probs_masks_zero_dims_without_rescaling():
+    X, y = planted(30, 5, 3, [0, 1], 2.0, seed=1)
+    probe = train_probe(X, y, 3, ProbeConfig(max_epochs=20))
+    mask = torch.tensor([1, 0, 1, 0, 0], dtype=torch.bool)
+    Xz = X * mask
+    expected = torch.log_softmax(Xz @ probe.W + probe.b, dim=1)
+    assert torch.allclose(probe.log_probs(X, mask), expected)
+    assert torch.allclose(probe.log_probs(X, mask.expand(30, 5)), expected)
+    assert torch.allclose(probe.log_probs(X).exp().sum(1), torch.ones(30))
+    with pytest.raises(ValueError, match=r"mask has shape \(4,\)"):
+        probe.log_probs(X, mask[:4])
+    with pytest.raises(ValueError, match="has 4 dims, the probe has 5"):
+        probe.log_probs(X[:, :4])
+
+
+# ---- estimator pieces ------------------------------------------------------------------
+
+def test_manual_gradients_match_autograd():
+    g = torch.Generator().manual_seed(2)
+    n, d, C, S = 50, 7, 4, 3
+    X = torch.randn(n, d, generator=g)
+    y = torch.randint(0, C, (n,), generator=g)
+    W = torch.randn(d, C, generator=g, requires_grad=True)
+    b = torch.randn(C, generator=g, requires_grad=True)
+    M = (torch.rand(S, d, generator=g) < 0.5).float()
+    logits = torch.stack([(X * m) @ W + b for m in M])  # (S, n, C)
+    ll = torch.log_softmax(logits, -1).gather(-1, y.expand(S, n)[..., None]).squeeze(-1)
+    (-ll.mean()).backward()
+    f, gW, gb = _step_grads(X.T.contiguous(), y, torch.nn.functional.one_hot(y, C).T.float(),
+                            W.detach(), b.detach(), M)
+    assert torch.allclose(f, ll.mean(1).detach(), atol=1e-5)
+    assert torch.allclose(gW, W.grad, atol=1e-6)
+    assert torch.allclose(gb, b.grad, atol=1e-6)
+
+
+def test_entropy_and_its_gradient():
+    phi = torch.tensor([-3.0, -0.5, 0.0, 0.7, 4.0], requires_grad=True)
+    p = torch.sigmoid(phi)
+    H = -(p * p.log() + (1 - p) * (1 - p).log()).sum()
+    assert torch.allclose(_bernoulli_entropy(phi), H)
+    H.backward()
+    assert torch.allclose(_entropy_grad(phi.detach()), phi.grad, atol=1e-6)
+    assert float(_bernoulli_entropy(torch.zeros(10))) == pytest.approx(10 * math.log(2))
+    assert float(_bernoulli_entropy(torch.full((3,), math.inf))) == 0.0
+
+
+def test_score_function_estimator_is_unbiased():
+    """Mean of the leave-one-out estimator over many draws = exact gradient by enumeration."""
+    phi = torch.tensor([0.8, -0.4, 0.1])
+    p = torch.sigmoid(phi)
+    vals = torch.tensor([-1.0, 0.3, 2.0])
+
+    def f(m: torch.Tensor) -> torch.Tensor:  # any non-linear function of the mask
+        return torch.sin(m @ vals) + (m[..., 0] * m[..., 2])
+
+    phi_r = phi.clone().requires_grad_(True)
+    q = torch.sigmoid(phi_r)
+    masks = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)))  # all 8 subsets
+    exact = (torch.where(masks.bool(), q, 1 - q).prod(dim=1) * f(masks)).sum()
+    exact.backward()
+    g = torch.Generator().manual_seed(3)
+    S, reps = 4, 40_000
+    M = (torch.rand(reps, S, 3, generator=g) < p).float()
+    est = torch.stack([_score_grad(f(Mi), Mi, p) for Mi in M[:2000]]).mean(0)  # spot check API
+    fM = f(M)  # (reps, S)
+    base = (fM.sum(1, keepdim=True) - fM) / (S - 1)
+    est_all = ((fM - base)[..., None] * (M - p)).mean(1).mean(0)
+    assert torch.allclose(est_all, phi_r.grad, atol=0.01)
+    assert torch.allclose(est, phi_r.grad, atol=0.06)
+
+
+# ---- training ----------------------------------------------------------------------------
+
+def test_probe_learns_planted_attribute_and_locates_it():
+    dims = [3, 17, 40]
+    X, y = planted(1200, 64, 4, dims, 2.0, seed=4)
+    probe = train_probe(X[:1000], y[:1000], 4)
+    lp = probe.log_probs(X[1000:])
+    assert float((lp.argmax(1) == y[1000:]).float().mean()) > 0.8
+    prior_ll = float(torch.log(probe.label_prior)[y[1000:]].mean())
+    assert float(lp.gather(1, y[1000:, None]).mean()) > prior_ll + 0.5
+    # q(m) puts more mass on the planted dims than on the noise dims
+    marg = probe.marginals
+    others = torch.ones(64, dtype=torch.bool)
+    others[dims] = False
+    assert float(marg[dims].min()) > float(marg[others].mean()) + 0.05
+    assert probe.W.dtype == torch.float32 and probe.W.shape == (64, 4) and probe.phi.shape == (64,)
+    assert torch.allclose(probe.label_prior, label_prior(y[:1000], 4))
+    assert set(probe.history[0]) >= {"epoch", "train_elbo", "train_loglik", "entropy",
+                                     "held_out_loglik", "mean_marginal"}
+
+
+def test_reference_entropy_scale_keeps_marginals_near_half():
+    dims = [3, 17, 40]
+    X, y = planted(1000, 64, 4, dims, 1.5, seed=4)
+    per_ex = train_probe(X, y, 4, ProbeConfig(entropy_scale="per_example"))
+    ref = train_probe(X, y, 4, ProbeConfig(entropy_scale="reference"))
+    dev = lambda pr: float((pr.marginals[dims] - 0.5).abs().mean())  # noqa: E731
+    assert dev(ref) < 0.5 * dev(per_ex)
+    # the reference ELBO adds H(q) (~ d ln 2 nats) unscaled
+    h = ref.history[0]
+    assert h["train_elbo"] - h["train_loglik"] == pytest.approx(h["entropy"], rel=1e-3)
+
+
+def test_same_seed_is_bitwise_reproducible_and_seed_matters():
+    X, y = planted(300, 20, 3, [1, 5], 1.0, seed=5)
+    cfg = ProbeConfig(max_epochs=40, seed=11)
+    a, b = train_probe(X, y, 3, cfg), train_probe(X, y, 3, cfg)
+    for name in ("W", "b", "phi", "label_prior"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.history == b.history and a.best_epoch == b.best_epoch
+    c = train_probe(X, y, 3, ProbeConfig(max_epochs=40, seed=12))
+    assert not torch.equal(a.phi, c.phi)
+
+
+def test_early_stopping_restores_best_parameters():
+    # few examples, many noise dims, large steps: the held-out log-lik peaks early, then falls
+    X, y = planted(120, 200, 3, [0, 1], 1.0, seed=6)
+    cfg = ProbeConfig(lr=0.1, max_epochs=500, patience=15, held_out_fraction=0.25, seed=3)
+    probe = train_probe(X, y, 3, cfg)
+    hist = [h["held_out_loglik"] for h in probe.history]
+    assert len(hist) < cfg.max_epochs, "early stopping did not trigger"
+    assert len(hist) == probe.best_epoch + cfg.patience + 1
+    assert probe.best_epoch < len(hist) - 1
+    assert hist[probe.best_epoch] == max(hist)
+    _, ho = held_out_split(120, 0.25, 3)
+    got = held_out_log_lik(probe, X[ho], y[ho], seed=3)
+    assert got == pytest.approx(hist[probe.best_epoch], abs=1e-6)
+    assert got > hist[-1] + 1e-3  # not the last epoch's parameters
+
+
+def test_held_out_split_is_seeded_and_disjoint():
+    tr, ho = held_out_split(50, 0.2, seed=9)
+    assert len(ho) == 10 and len(tr) == 40
+    assert sorted(torch.cat([tr, ho]).tolist()) == list(range(50))
+    assert torch.equal(held_out_split(50, 0.2, seed=9)[1], ho)
+    assert not torch.equal(held_out_split(50, 0.2, seed=10)[1], ho)
+
+
+@pytest.mark.parametrize("cfg", [ProbeConfig(batch_size=64), ProbeConfig(mc_samples=1),
+                                 ProbeConfig(weight_decay=1e-3)])
+def test_minibatch_single_sample_and_weight_decay_variants_learn(cfg):
+    X, y = planted(600, 32, 3, [2, 9], 2.0, seed=7)
+    probe = train_probe(X[:500], y[:500], 3, cfg)
+    acc = float((probe.log_probs(X[500:]).argmax(1) == y[500:]).float().mean())
+    assert acc > 0.8
+    assert all(math.isfinite(h["train_elbo"]) for h in probe.history)
+
+
+def test_linear_probe_has_no_latent_mask():
+    X, y = planted(400, 16, 3, [4], 2.5, seed=8)
+    probe = train_linear_probe(X, y, 3, ProbeConfig(max_epochs=100))
+    assert isinstance(probe, LatentProbe)
+    assert torch.all(torch.isinf(probe.phi)) and torch.all(probe.marginals == 1)
+    assert all(h["entropy"] == 0.0 for h in probe.history)
+    assert float(probe.W[4].abs().sum()) == float(probe.W.abs().sum(1).max())
