@@ -384,7 +384,7 @@ def run_transfer(P: RunParams) -> StageSummary:
                 s.reused += 1
                 continue
             df = fn(c["location"], *sets, cfg, revision=c["revision"], tokenizer_path=c["tokenizer_location"])
-            df.insert(0, "task", task)
+            df = df.assign(task=task)
             df.insert(0, "step", c["step"])
             df.insert(0, "checkpoint", c["name"])
             out.append(df)
