@@ -1,0 +1,424 @@
+"""Stage 0, the tiny-model lab: a small BLOOM trained from scratch on the bundle's text.
+
+The paper (Wang, Minervini & Ponti 2024, Sec. 3) probes the public intermediate
+checkpoints of BLOOM-560m/1b1 (``bigscience/bloom-*-intermediate``). Those need the
+Hugging Face Hub, so this stage builds a stand-in checkpoint series offline: a
+BLOOM-architecture causal LM (ALiBi, ``BloomConfig``/``BloomForCausalLM``, random
+init) trained on the multilingual text of the data bundle (Tatoeba, PAN-X and the UD
+sentences the caller passes), with a byte-level BPE tokenizer trained on the same text
+(BLOOM's tokenizer is byte-level BPE too, Scao et al. 2022, Sec. 3.3).
+
+Functions:
+
+* :func:`build_corpus` - seeded, deterministic sample of lines per (source, language).
+* :func:`train_tokenizer` - byte-level BPE (``tokenizers``) wrapped as a transformers
+  fast tokenizer that round-trips through ``save_pretrained``/``AutoTokenizer``.
+* :func:`pretrain` - packs the text into ``seq_len`` blocks, trains with AdamW, linear
+  warmup and cosine decay, and saves ``step-NNNNNN/`` checkpoints that
+  :mod:`xalign.checkpoints` lists as the ``lab`` source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from xalign.progress import progress
+
+#: Text sources read from ``<data_root>/text/<source>/<lang>.txt``.
+TEXT_SOURCES = ("tatoeba", "panx")
+#: Special tokens of the lab tokenizer, in id order (``<unk>`` = 0, ``<s>`` = 1, ...).
+SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+#: Name of the per-checkpoint JSON with step, losses, tokens seen and seed.
+TRAINING_STATE = "training_state.json"
+
+
+
+def checkpoint_name(step: int) -> str:
+    """``step-000025`` for step 25: the folder name of a lab checkpoint."""
+    return f"step-{step:06d}"
+
+
+# ---------------------------------------------------------------------------------------
+# corpus
+# ---------------------------------------------------------------------------------------
+
+def detokenize_panx_zh(line: str) -> str:
+    """Undo the character tokenisation of Chinese PAN-X (XTREME's WikiANN ``zh``).
+
+    Every character of a ``text/panx/zh.txt`` line is a token and tokens are joined by
+    single spaces (``"2 0 0 9 年 ： 李 民 基 《 E t e r n a l # S u m m e r 》"``).
+    Whole lines are character-tokenised, so *all* single spaces are removed, not only
+    those between CJK characters (otherwise Latin words would stay spelt out letter by
+    letter). ``#`` is kept as it is: it looks like the original space
+    (``Tam#Siu#Wai``) but upstream does not document it (see the data README).
+
+    Args:
+        line: one line of ``text/panx/zh.txt``.
+
+    Returns:
+        The line without the separator spaces (natural Chinese running text).
+    """
+    return line.replace(" ", "")
+
+
+def _read_lines(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [s for s in (ln.strip() for ln in f) if s]
+
+
+def build_corpus(
+    data_root: str | Path,
+    languages: Sequence[str],
+    sources: Sequence[str] = TEXT_SOURCES,
+    max_lines_per_source: int | None = None,
+    seed: int = 0,
+    extra_texts: dict[str, list[str]] | None = None,
+) -> list[str]:
+    """Collect pretraining text: a seeded sample per (source, language), shuffled.
+
+    Reads ``<data_root>/text/tatoeba/<lang>.txt`` and ``<data_root>/text/panx/<lang>.txt``
+    (one line = one text; PAN-X has no Catalan, which is skipped; Chinese PAN-X is
+    de-tokenised by :func:`detokenize_panx_zh`), and ``extra_texts[lang]`` (e.g. UD
+    sentences from :mod:`xalign.data`) as one more source. From each (source, language)
+    at most ``max_lines_per_source`` lines are drawn without replacement with a
+    ``random.Random`` seeded by ``(seed, source, language)``; the union is shuffled with
+    ``seed``. The result depends only on the files and the arguments.
+
+    Args:
+        data_root: the data bundle (the folder holding ``text/``).
+        languages: ISO 639-1 codes, e.g. ``["en", "zh"]``.
+        sources: subset of ``("tatoeba", "panx", "ud")``; ``"ud"`` means "the UD
+            sentences in ``extra_texts``" and requires them.
+        max_lines_per_source: cap per (source, language); ``None`` = all lines.
+        seed: sampling and shuffling seed.
+        extra_texts: ``{lang: [text, ...]}``, sampled as the source ``"ud"``; included
+            whenever given (whether or not ``"ud"`` is in ``sources``).
+
+    Returns:
+        List of non-empty text lines.
+
+    Raises:
+        FileNotFoundError: ``<data_root>/text`` does not exist.
+        ValueError: unknown source, ``"ud"`` without ``extra_texts``, bad cap, or a
+            language with no text in any requested source (message names it).
+    """
+    text_dir = Path(data_root) / "text"
+    if not text_dir.is_dir():
+        raise FileNotFoundError(f"{text_dir}: no text/ folder in the data root")
+    bad = sorted(set(sources) - set(TEXT_SOURCES) - {"ud"})
+    if bad:
+        raise ValueError(f"sources: unknown text source(s) {bad}; known: {[*TEXT_SOURCES, 'ud']}")
+    if "ud" in sources and extra_texts is None:
+        raise ValueError("sources: 'ud' requested but no extra_texts (UD sentences) were given")
+    if max_lines_per_source is not None and max_lines_per_source < 1:
+        raise ValueError(f"max_lines_per_source: must be >= 1 or None, got {max_lines_per_source}")
+    extra = dict(extra_texts or {})
+    unknown = sorted(set(extra) - set(languages))
+    if unknown:
+        raise ValueError(f"extra_texts: languages {unknown} are not in languages={list(languages)}")
+
+    out: list[str] = []
+    for lang in languages:
+        n_lang = 0
+        for source in [s for s in TEXT_SOURCES if s in sources] + ["ud"]:
+            if source == "ud":
+                lines = [s for s in (t.strip() for t in extra.get(lang, [])) if s]
+            else:
+                path = text_dir / source / f"{lang}.txt"
+                if not path.is_file():
+                    continue  # e.g. text/panx/ca.txt: PAN-X has no Catalan
+                lines = _read_lines(path)
+                if source == "panx" and lang == "zh":
+                    lines = [s for s in map(detokenize_panx_zh, lines) if s]
+            if max_lines_per_source is not None and len(lines) > max_lines_per_source:
+                rng = random.Random(f"{seed}/{source}/{lang}")
+                idx = sorted(rng.sample(range(len(lines)), max_lines_per_source))
+                lines = [lines[i] for i in idx]
+            out.extend(lines)
+            n_lang += len(lines)
+        if n_lang == 0:
+            raise ValueError(f"languages: no text for '{lang}' in sources {list(sources)} under {text_dir}")
+    random.Random(seed).shuffle(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# tokenizer
+# ---------------------------------------------------------------------------------------
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path | None = None,
+                    min_frequency: int = 2):
+    """Train a byte-level BPE tokenizer (as BLOOM's) with the ``tokenizers`` library.
+
+    Byte-level pre-tokenisation (GPT-2 style, no prefix space), all 256 byte symbols in
+    the initial alphabet (so no input is ever unknown), and the special tokens
+    ``<unk>, <s>, </s>, <pad>`` (ids 0-3). Like BLOOM's tokenizer it adds no special
+    tokens to the encoded text; offsets are trimmed so a leading space is not part of a
+    piece's character span (``return_offsets_mapping`` works).
+
+    Args:
+        texts: training text, one string per line.
+        vocab_size: target vocabulary size including the special tokens and the 256
+            bytes; the result can be smaller if the text has fewer merges.
+        out_dir: if given, ``save_pretrained`` the tokenizer there.
+        min_frequency: minimum pair frequency for a merge.
+
+    Returns:
+        A transformers fast tokenizer (``TokenizersBackend`` in transformers 5) with
+        bos/eos/pad/unk set; ``AutoTokenizer.from_pretrained(out_dir)`` loads it offline.
+
+    Raises:
+        ValueError: ``vocab_size`` too small for the byte alphabet and special tokens,
+            or no text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    n_min = 256 + len(SPECIAL_TOKENS)
+    if vocab_size < n_min:
+        raise ValueError(f"vocab_size: {vocab_size} is below the byte alphabet + special tokens ({n_min})")
+    texts = [t for t in texts if t and not t.isspace()]
+    if not texts:
+        raise ValueError("texts: no non-empty text to train the tokenizer on")
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+    if out_dir is not None:
+        fast.save_pretrained(str(out_dir))
+    return fast
+
+
+# ---------------------------------------------------------------------------------------
+# pretraining
+# ---------------------------------------------------------------------------------------
+
+def pack_blocks(texts: Sequence[str], tokenizer, seq_len: int) -> torch.Tensor:
+    """Tokenise ``texts``, join them with ``eos`` after each text, cut into blocks.
+
+    Args:
+        texts: the corpus (one text per line).
+        tokenizer: a transformers tokenizer with an ``eos_token_id``.
+        seq_len: block length in tokens.
+
+    Returns:
+        ``(n_blocks, seq_len)`` int64 token ids; the incomplete last block is dropped.
+
+    Raises:
+        ValueError: the text yields less than one block.
+    """
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for chunk in range(0, len(texts), 10_000):
+        for seq in tokenizer(list(texts[chunk:chunk + 10_000]), add_special_tokens=False)["input_ids"]:
+            ids.extend(seq)
+            if eos is not None:
+                ids.append(eos)
+    n_blocks = len(ids) // seq_len
+    if n_blocks < 1:
+        raise ValueError(f"texts: {len(ids)} tokens are fewer than one block of seq_len={seq_len}")
+    return torch.tensor(ids[: n_blocks * seq_len], dtype=torch.long).view(n_blocks, seq_len)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator):
+    """Endless stream of index batches: a fresh random permutation per epoch."""
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield perm[i:i + batch_size]
+
+
+@torch.no_grad()
+def _mean_loss(model, blocks: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        x = blocks[i:i + batch_size].to(device)
+        total += float(model(input_ids=x, labels=x).loss) * len(x)
+        n += len(x)
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+def _save_checkpoint(model, tokenizer, dest: Path, state: dict) -> Path:
+    """Save into a temporary sibling folder and rename it into place (atomic)."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / TRAINING_STATE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def pretrain(
+    texts: Sequence[str],
+    tokenizer,
+    out_dir: str | Path,
+    *,
+    vocab_size: int,
+    hidden_size: int,
+    n_layer: int,
+    n_head: int,
+    seq_len: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int,
+    checkpoint_steps: Sequence[int],
+    seed: int = 0,
+    threads: int | None = None,
+    n_eval_blocks: int = 32,
+    device: str | None = None,
+) -> list[Path]:
+    """Pretrain a BLOOM-architecture causal LM from scratch and save a checkpoint series.
+
+    The text is packed into ``seq_len``-token blocks (:func:`pack_blocks`); the first
+    ``n_eval_blocks`` of a seeded shuffle are held out for an evaluation loss, the rest
+    are sampled without replacement per epoch. Objective: next-token cross-entropy
+    (nats/token). Optimiser: AdamW (betas 0.9/0.95, weight decay 0.01, gradient-norm
+    clip 1.0), linear warmup over ``warmup_steps`` then cosine decay to 10% of ``lr`` at
+    the last checkpoint step. Dropout is 0 (BLOOM's default). Model init, block order
+    and held-out split all derive from ``seed`` inside a forked RNG, so two runs with
+    the same arguments and ``threads`` on the same device give identical weights.
+
+    At each step in ``checkpoint_steps``, ``<out_dir>/step-NNNNNN/`` receives the model
+    and tokenizer (``save_pretrained``, safetensors) and ``training_state.json`` with
+    ``step``, ``loss`` (mean training loss since the previous checkpoint),
+    ``eval_loss`` (held-out blocks), ``lr``, ``tokens_seen``, ``seed``, ``n_params``
+    and ``elapsed_s``. Each folder is written under a temporary name and renamed, so a
+    crash never leaves a half-written checkpoint.
+
+    Args:
+        texts: corpus lines (see :func:`build_corpus`).
+        tokenizer: from :func:`train_tokenizer`; its length is the model vocabulary.
+        out_dir: folder for the ``step-*`` subfolders (``<run_dir>/checkpoints``).
+        vocab_size: the requested vocabulary size (an upper bound on ``len(tokenizer)``).
+        hidden_size, n_layer, n_head: model shape (``BloomConfig``).
+        seq_len: block length in tokens; batch_size: blocks per step.
+        lr: peak learning rate; warmup_steps: linear warmup steps.
+        checkpoint_steps: strictly increasing steps to save at; the last is the final step.
+        seed: seed of init, data order and held-out split.
+        threads: ``torch.set_num_threads`` during training (restored afterwards).
+        n_eval_blocks: held-out blocks for ``eval_loss``.
+        device: ``"cpu"``, ``"cuda"`` ...; default CUDA if available, else CPU.
+
+    Returns:
+        The checkpoint folders, in step order.
+
+    Raises:
+        ValueError: bad checkpoint steps, ``hidden_size % n_head != 0``, a tokenizer larger
+            than ``vocab_size`` or without eos/pad, or too little text for the held-out
+            split plus one batch.
+    """
+    from transformers import AutoModelForCausalLM, BloomConfig
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    steps = list(checkpoint_steps)
+    if not steps or steps[0] < 1 or any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"checkpoint_steps: must be strictly increasing positive ints, got {steps}")
+    if hidden_size % n_head:
+        raise ValueError(f"hidden_size: {hidden_size} is not divisible by n_head={n_head}")
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"vocab_size: tokenizer has {len(tokenizer)} tokens, more than vocab_size={vocab_size}")
+    if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer: needs eos and pad tokens (use lab.train_tokenizer)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            blocks = pack_blocks(texts, tokenizer, seq_len)
+            gen = torch.Generator().manual_seed(seed)
+            blocks = blocks[torch.randperm(len(blocks), generator=gen)]
+            n_eval = min(n_eval_blocks, len(blocks) // 10)
+            eval_blocks, train_blocks = blocks[:n_eval], blocks[n_eval:]
+            if len(train_blocks) < batch_size:
+                raise ValueError(f"texts: {len(train_blocks)} training blocks of {seq_len} tokens, "
+                                 f"fewer than batch_size={batch_size}")
+            config = BloomConfig(
+                vocab_size=len(tokenizer), hidden_size=hidden_size, n_layer=n_layer, n_head=n_head,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, use_cache=False, tie_word_embeddings=True,
+                hidden_dropout=0.0, attention_dropout=0.0)
+            model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").to(dev)
+            model.train()
+            n_params = sum(p.numel() for p in model.parameters())
+            decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+            no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+            opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                                     {"params": no_decay, "weight_decay": 0.0}],
+                                    lr=lr, betas=(0.9, 0.95), eps=1e-8)
+            sched = get_cosine_with_min_lr_schedule_with_warmup(
+                opt, num_warmup_steps=warmup_steps, num_training_steps=steps[-1], min_lr_rate=0.1)
+            batches = _batches(len(train_blocks), batch_size, gen)
+            saved: list[Path] = []
+            t0, loss_sum, loss_n, tokens_seen = time.perf_counter(), 0.0, 0, 0
+            bar = progress(range(1, steps[-1] + 1), desc="pretrain", total=steps[-1])
+            for step in bar:
+                x = train_blocks[next(batches)].to(dev)
+                loss = model(input_ids=x, labels=x).loss
+                if not torch.isfinite(loss.detach()):
+                    raise FloatingPointError(f"pretrain: loss is {loss.item()} at step {step} (lower lr?)")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                loss_val = loss.detach().item()
+                tokens_seen += x.numel()
+                loss_sum += loss_val
+                loss_n += 1
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{loss_val:.3f}", refresh=False)
+                if step in steps:
+                    state = {
+                        "step": step, "loss": loss_sum / loss_n, "last_step_loss": loss_val,
+                        "eval_loss": _mean_loss(model, eval_blocks, batch_size, dev) if n_eval else None,
+                        "lr": sched.get_last_lr()[0], "tokens_seen": tokens_seen, "seed": seed,
+                        "n_params": n_params, "n_train_blocks": len(train_blocks),
+                        "n_eval_blocks": n_eval, "seq_len": seq_len, "batch_size": batch_size,
+                        "elapsed_s": round(time.perf_counter() - t0, 2),
+                        "threads": torch.get_num_threads(), "device": str(dev)}
+                    if math.isfinite(state["loss"]):
+                        state["loss"] = round(state["loss"], 6)
+                    saved.append(_save_checkpoint(model, tokenizer, out_dir / checkpoint_name(step), state))
+                    loss_sum, loss_n = 0.0, 0
+            return saved
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def read_training_state(checkpoint_dir: str | Path) -> dict:
+    """The ``training_state.json`` of a lab checkpoint folder.
+
+    Raises:
+        FileNotFoundError: the folder has no ``training_state.json`` (one line, naming it).
+    """
+    p = Path(checkpoint_dir) / TRAINING_STATE
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no training state (not a lab checkpoint?)")
+    return json.loads(p.read_text(encoding="utf-8"))
