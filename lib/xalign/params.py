@@ -39,11 +39,11 @@ class PretrainParams(_Strict):
 
     enabled: bool = True
     vocab_size: int = Field(8000, ge=300)
-    hidden_size: int = Field(256, ge=8)
+    hidden_size: int = Field(192, ge=8)
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
     seq_len: int = Field(64, ge=8)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0)
     warmup_steps: int = Field(50, ge=0)
     #: Steps at which a ``step-NNNNNN/`` checkpoint is saved; the last is the final step.
@@ -120,7 +120,7 @@ class ProbeParams(_Strict):
     """Stage 3: latent-variable intrinsic probe (Stańczak et al. 2023) and greedy selection."""
 
     attributes: list[str] = Field(default_factory=lambda: ["Number", "Gender", "POS"])
-    k: int = Field(13, ge=1)
+    k: int = Field(10, ge=1)
     lr: float = Field(1e-2, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_epochs: int = Field(300, ge=1)
