@@ -1,0 +1,273 @@
+"""Stage 5: (Q)LoRA fine-tuning on English and zero-shot evaluation (xalign.transfer).
+
+A tiny random BLOOM (hidden 64, 2 layers, 4 heads; 64 keeps every Linear in-feature a
+multiple of bitsandbytes' 4-bit block size) with a small byte-level BPE trained on real
+bundle text is fine-tuned on real UD English GUM and real XNLI rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from xalign.params import TransferParams
+from xalign.transfer import (DEV_LANGUAGE, POS_LABELS, XNLI_LABELS, TransferConfig, _load, _encode_pos,
+                             _train, finetune_pos, finetune_xnli, pos_f1, read_pos_treebank, read_xnli,
+                             split_xnli_dev)
+
+GUM = "ud/UD_English-GUM/en_gum-ud-{}.conllu"
+
+
+# ---------------------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded on the shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny_tokenizer(lines: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(lines, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="module")
+def tiny_bloom(tmp_path_factory, data_root: Path) -> str:
+    """A random BLOOM (hidden 64, 2 layers, n_head 4) + 1000-type BPE, saved to a temp folder."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    lines = []
+    for lang, n in [("en", 400), ("fr", 150), ("zh", 100)]:
+        with open(data_root / "text" / "tatoeba" / f"{lang}.txt", encoding="utf-8") as f:
+            lines += [next(f).strip() for _ in range(n)]
+    tok = _tiny_tokenizer(lines, 1000)
+    out = tmp_path_factory.mktemp("tiny_bloom")
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = BloomConfig(vocab_size=len(tok), hidden_size=64, n_layer=2, n_head=4, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    BloomForCausalLM(cfg).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def gum(data_root: Path):
+    train = read_pos_treebank(data_root / GUM.format("train"), max_sentences=320)
+    dev = read_pos_treebank(data_root / GUM.format("dev"), max_sentences=120)
+    fr = read_pos_treebank(data_root / "ud/UD_French-GSD/fr-ud-test.conllu", max_sentences=40)
+    return train, dev, {"fr": fr}
+
+
+def _majority_baseline(train, dev) -> float:
+    tag = Counter(t for _, tags in train for t in tags).most_common(1)[0][0]
+    words = [t for _, tags in dev for t in tags]
+    return sum(t == tag for t in words) / len(words)
+
+
+POS_CFG = dict(epochs=3, lr=5e-3, batch_size=16, max_length=64, seed=0)
+
+
+# ---------------------------------------------------------------------------------------
+# metrics and readers
+# ---------------------------------------------------------------------------------------
+def test_pos_f1_hand_built():
+    # micro = accuracy 3/4; NOUN: tp 3, fp 1, fn 0 -> 6/7; VERB: tp 0, fn 1 -> 0; macro 3/7
+    m = pos_f1([["NOUN", "NOUN", "NOUN", "VERB"]], [["NOUN", "NOUN", "NOUN", "NOUN"]])
+    assert m["f1"] == pytest.approx(0.75) and m["macro_f1"] == pytest.approx(3 / 7)
+    # ADJ is predicted but absent from gold: not averaged (macro = (0 + 1) / 2, not /3)
+    m = pos_f1([["NOUN"], ["VERB"]], [["ADJ"], ["VERB"]])
+    assert m["f1"] == pytest.approx(0.5) and m["macro_f1"] == pytest.approx(0.5)
+    assert pos_f1([["DET", "NOUN"]], [["DET", "NOUN"]]) == {"f1": 1.0, "macro_f1": 1.0}
+    with pytest.raises(ValueError, match="sentence 0"):
+        pos_f1([["DET", "NOUN"]], [["DET"]])
+    with pytest.raises(ValueError, match="gold sentences"):
+        pos_f1([["DET"]], [])
+    with pytest.raises(ValueError, match="no words"):
+        pos_f1([[]], [[]])
+
+
+def test_read_pos_treebank_skips_multiword_tokens(data_root: Path):
+    path = data_root / GUM.format("dev")
+    sents = read_pos_treebank(path)
+    # independent count: word lines have an integer ID (MWT "3-4" and empty nodes "8.1" excluded)
+    n_words = sum(1 for line in path.read_text(encoding="utf-8").splitlines()
+                  if line and not line.startswith("#") and line.split("\t", 1)[0].isdigit())
+    assert sum(len(f) for f, _ in sents) == n_words
+    assert all(len(f) == len(t) for f, t in sents)
+    assert {t for _, ts in sents for t in ts} <= set(POS_LABELS)
+    assert len(read_pos_treebank(path, max_sentences=5)) == 5
+
+
+def test_encode_pos_labels_first_subwords_with_bos(tiny_bloom):
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bloom)
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])  # a BOS-adding tokenizer
+    words, tags = ["Naturally", "occurring", "tokens", "."], ["ADV", "VERB", "NOUN", "PUNCT"]
+    enc = _encode_pos(tok, [(words, tags)], 128, "t")
+    ids, labels = enc.input_ids[0], enc.labels[0]
+    assert ids[0] == tok.bos_token_id and labels[0] == -100
+    assert tok.decode(ids[1:]) == " ".join(words)
+    first = [i for i, lab in enumerate(labels) if lab != -100]
+    assert [POS_LABELS[labels[i]] for i in first] == tags and enc.n_cut == 0
+    # each labelled position starts a word: decoding from it gives the rest of the sentence
+    for i, k in zip(first, range(len(words))):
+        assert tok.decode(ids[i:]).strip() == " ".join(words[k:])
+    # truncation cuts at a word boundary and counts the words cut
+    short = _encode_pos(tok, [(words, tags)], first[2], "t")  # BOS + words 0-1 fill it exactly
+    assert len(short.input_ids[0]) == first[2]
+    assert short.gold_tags == [tags[:2]] and short.n_cut == 2
+
+
+def test_read_and_split_xnli(data_root: Path, tmp_path: Path):
+    df = read_xnli(data_root / "xnli/dev-en.tsv")
+    assert len(df) == 2490 and set(df["label"]) == set(XNLI_LABELS)
+    train, dev = split_xnli_dev(df, 0.1, seed=0)
+    assert len(train) + len(dev) == len(df)
+    assert 0.08 < len(dev) / len(df) < 0.12
+    assert not set(train["premise"]) & set(dev["premise"])
+    again, _ = split_xnli_dev(df, 0.1, seed=0)
+    other, _ = split_xnli_dev(df, 0.1, seed=1)
+    assert again.equals(train) and not other.equals(train)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("premise\thypothesis\tlabel\na\tb\tmaybe\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.tsv.*maybe"):
+        read_xnli(bad)
+
+
+def test_config_validation_and_from_params():
+    cfg = TransferConfig.from_params(TransferParams(), seed=3)
+    assert cfg == TransferConfig(seed=3)
+    assert TransferConfig(target_modules=["q_proj", "v_proj"]).target_modules == ("q_proj", "v_proj")
+    with pytest.raises(ValueError, match="lora_dropout"):
+        TransferConfig(lora_dropout=1.0)
+    with pytest.raises(ValueError, match="target_modules"):
+        TransferConfig(target_modules="query_key_value")
+
+
+# ---------------------------------------------------------------------------------------
+# errors before training
+# ---------------------------------------------------------------------------------------
+def test_empty_eval_set_raises_before_training(gum):
+    train, dev, _ = gum
+    missing = "/nonexistent/model"  # loading it would fail differently: the check must come first
+    with pytest.raises(ValueError, match="pos: eval set for language 'mr' is empty"):
+        finetune_pos(missing, train, dev, {"fr": dev[:3], "mr": []}, TransferConfig())
+    x = pd.DataFrame({"premise": ["a"], "hypothesis": ["b"], "label": ["neutral"]})
+    with pytest.raises(ValueError, match="xnli: eval set for language 'ur' is empty"):
+        finetune_xnli(missing, x, x, {"ur": x.iloc[:0]}, TransferConfig())
+
+
+def test_unknown_upos_and_missing_target_module(tiny_bloom, gum):
+    train, dev, _ = gum
+    bad = [(["Hello"], ["NOUNISH"])]
+    with pytest.raises(ValueError, match="NOUNISH"):
+        finetune_pos(tiny_bloom, train[:4], dev[:4], {"xx": bad}, TransferConfig(epochs=1))
+    with pytest.raises(ValueError, match="peft LoRA setup failed"):
+        finetune_pos(tiny_bloom, train[:4], dev[:4], {"fr": dev[:2]}, TransferConfig(target_modules=("q_proj",)))
+
+
+# ---------------------------------------------------------------------------------------
+# learning
+# ---------------------------------------------------------------------------------------
+def _check_pos_frame(df: pd.DataFrame, eval_sets: dict, epochs: int, tok_words) -> None:
+    assert set(df.columns) >= {"task", "language", "metric", "value", "n", "n_words", "n_words_cut", "best_epoch"}
+    assert list(df["language"].unique()) == [DEV_LANGUAGE, *eval_sets]
+    assert sorted(df["metric"].unique()) == ["f1", "macro_f1"] and len(df) == 2 * (1 + len(eval_sets))
+    assert df["value"].between(0, 1).all()
+    assert df["best_epoch"].nunique() == 1 and 1 <= df["best_epoch"].iloc[0] <= epochs
+    for lang, sents in eval_sets.items():
+        row = df[(df.language == lang) & (df.metric == "f1")].iloc[0]
+        assert row.n_words + row.n_words_cut == tok_words(sents)
+        assert row.n <= len(sents)
+
+
+def test_pos_lora_learns_english_gum(tiny_bloom, gum):
+    train, dev, evals = gum
+    cfg = TransferConfig(**POS_CFG)
+    df = finetune_pos(tiny_bloom, train, dev, evals, cfg)
+    _check_pos_frame(df, evals, cfg.epochs, lambda s: sum(len(f) for f, _ in s))
+    en = df[(df.language == DEV_LANGUAGE) & (df.metric == "f1")].iloc[0]
+    base = _majority_baseline(train, dev)
+    assert en.value > base + 0.2, (en.value, base)
+    # a max_length of 64 cuts some long sentences: cut words are counted, not scored
+    assert en.n_words_cut > 0 and en.n_words + en.n_words_cut == sum(len(f) for f, _ in dev)
+
+
+def test_qlora_quantises_base_and_trains(tiny_bloom, gum):
+    import bitsandbytes as bnb
+
+    train, dev, evals = gum
+    cfg = TransferConfig(qlora=True, **POS_CFG)
+    model, tok, device = _load(tiny_bloom, "pos", POS_LABELS, cfg, None, None)
+    qkv = [m for n, m in model.named_modules() if n.endswith("query_key_value.base_layer")]
+    assert qkv and all(isinstance(m, bnb.nn.Linear4bit) for m in qkv)
+    assert all(m.weight.quant_state.quant_type == "nf4" and m.weight.quant_state.nested for m in qkv)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "classifier.modules_to_save" in n for n in trainable)
+    assert any("classifier.modules_to_save" in n for n in trainable)
+    frozen = qkv[0].weight.detach().clone()
+    enc = _encode_pos(tok, train[:48], cfg.max_length, "t")
+    _train(model, enc, lambda: (0.0, None), TransferConfig(qlora=True, epochs=1, max_length=64), True,
+           tok.pad_token_id, device, "pos")
+    after = dict(model.named_parameters())
+    assert all(not torch.equal(after[n], v) for n, v in trainable.items() if "lora_B" in n or "classifier" in n)
+    assert torch.equal(qkv[0].weight.detach(), frozen)  # the 4-bit base stays frozen
+    # end to end: QLoRA learns English POS well above the majority-tag baseline
+    df = finetune_pos(tiny_bloom, train, dev, evals, cfg)
+    en = df[(df.language == DEV_LANGUAGE) & (df.metric == "f1")].iloc[0]
+    assert en.value > _majority_baseline(train, dev) + 0.2
+
+
+def test_model_selection_restores_best_epoch(tiny_bloom, gum):
+    train, _, _ = gum
+    cfg = TransferConfig(epochs=3, max_length=48, lr=1e-2)
+    model, tok, device = _load(tiny_bloom, "pos", POS_LABELS, cfg, None, None)
+    enc = _encode_pos(tok, train[:16], cfg.max_length, "t")
+    scores, snapshots = iter([0.2, 0.5, 0.3]), []
+
+    def dev_eval():  # planted dev curve: epoch 2 is best
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        s = next(scores)
+        return s, f"result {s}"
+
+    best_epoch, result = _train(model, enc, dev_eval, cfg, True, tok.pad_token_id, device, "pos")
+    assert (best_epoch, result) == (2, "result 0.5")
+    now = dict(model.named_parameters())
+    assert all(torch.equal(now[n], v) for n, v in snapshots[1].items())
+    assert any(not torch.equal(now[n], v) for n, v in snapshots[2].items())
+
+
+def test_xnli_pipeline_real_data_and_determinism(tiny_bloom, data_root: Path):
+    train, dev = split_xnli_dev(read_xnli(data_root / "xnli/dev-en.tsv"), 0.1, seed=0)
+    train, dev = train.head(64), dev.head(32)
+    evals = {lang: read_xnli(data_root / f"xnli/test-{lang}.tsv", max_rows=24) for lang in ("fr", "zh")}
+    cfg = TransferConfig(epochs=2, batch_size=16, max_length=48, seed=1)
+    rng = torch.get_rng_state()
+    df = finetune_xnli(tiny_bloom, train, dev, evals, cfg)
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is forked, not consumed
+    assert list(df["language"]) == [DEV_LANGUAGE, "fr", "zh"]
+    assert (df["metric"] == "accuracy").all() and list(df["n"]) == [32, 24, 24]
+    assert df["value"].between(0, 1).all() and df["best_epoch"].isin([1, 2]).all()
+    assert df["n_truncated"].between(0, df["n"]).all() and df["n_truncated"].sum() > 0  # 48 tokens is tight
+    again = finetune_xnli(tiny_bloom, train, dev, evals, cfg)
+    pd.testing.assert_frame_equal(df, again)
