@@ -14,16 +14,6 @@ from xalign import lab
 TINY = dict(hidden_size=32, n_layer=2, n_head=2, seq_len=32, batch_size=8, lr=3e-2, warmup_steps=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the test machine is shared, and OpenMP threads that wait for a
-    descheduled sibling make small ops many times slower than a single thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def run_dir(data_root, tmp_path_factory):
     texts = lab.build_corpus(data_root, ["en", "fr", "zh"], max_lines_per_source=60, seed=0)

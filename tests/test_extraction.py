@@ -17,16 +17,6 @@ UD_FILES = [("UD_English-GUM", "en_gum-ud-dev.conllu"), ("UD_Vietnamese-VTB", "v
             ("UD_Chinese-GSD", "zh-ud-dev.conllu"), ("UD_Arabic-PUD", "ar_pud-ud-test.conllu")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the test machine is shared, and OpenMP threads that wait for a
-    descheduled sibling make small ops many times slower than a single thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ud_sentences(path, n):
     out = []
     with open(path, encoding="utf-8") as f:

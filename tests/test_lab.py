@@ -15,16 +15,6 @@ LANGS = ["en", "zh", "vi", "ar", "ca"]
 TINY = dict(hidden_size=32, n_layer=2, n_head=2, seq_len=32, batch_size=8, lr=3e-2, warmup_steps=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the test machine is shared, and OpenMP threads that wait for a
-    descheduled sibling make small ops many times slower than a single thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def corpus(data_root):
     return lab.build_corpus(data_root, LANGS, max_lines_per_source=80, seed=0)

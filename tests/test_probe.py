@@ -23,15 +23,6 @@ from xalign.probe import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matmuls: one thread is faster on a shared 2-core machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def planted(n: int, d: int, C: int, dims: list[int], strength: float, seed: int):
     """Labels encoded in ``dims`` by a binary code (±strength); every other dim is N(0, 1) noise.
 

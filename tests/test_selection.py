@@ -19,15 +19,6 @@ from xalign.selection import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matmuls: one thread is faster on a shared 2-core machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def planted_with_distractors(n: int, d: int, C: int, n_inf: int, seed: int):
     """Class code in ``n_inf`` informative dims (±1.5 by bit), ``n_inf`` distractor dims that
     are noisy copies of them (corr ~0.6), the rest N(0, 1) noise; dims shuffled.
@@ -66,7 +57,6 @@ def brute_force_loglik(probe: LatentProbe, X, y, dims: list[int]) -> float:
 
 @pytest.fixture(scope="module")
 def planted_1024():
-    torch.set_num_threads(1)
     X, y, inf, dis = planted_with_distractors(2200, 1024, 4, 8, seed=0)
     probe = train_probe(X[:1500], y[:1500], 4, ProbeConfig(seed=0))
     return X, y, inf, dis, probe

@@ -61,6 +61,8 @@ def _start(P: RunParams, stage: str) -> tuple[Path, StageSummary, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(P.model_dump(mode="json"), run_dir / "params.json")
     torch.manual_seed(P.seed)
+    if P.threads:
+        torch.set_num_threads(P.threads)
     return run_dir, StageSummary(stage), time.perf_counter()
 
 
