@@ -14,9 +14,11 @@ def progress(it: Iterable[T], desc: str, total: int | None = None, mininterval: 
     """Wrap ``it`` in a tqdm bar throttled to one update per ``mininterval`` seconds.
 
     Under papermill (no TTY) the bar prints one line per interval instead of redrawing,
-    so executed notebooks and CI logs stay short.
+    and nested bars never move the cursor, so executed notebooks and CI logs stay short.
     """
     tty = sys.stderr.isatty()
     return _tqdm(it, desc=desc, total=total, mininterval=mininterval if not tty else 0.5,
                  maxinterval=max(mininterval, 10.0), ascii=not tty, dynamic_ncols=tty,
-                 file=sys.stderr, leave=True)
+                 file=sys.stderr, leave=True,
+                 # no TTY: nested bars stay on position 0, so no cursor-up escapes reach the log
+                 position=None if tty else 0)
