@@ -346,14 +346,12 @@ def run_overlap(P: RunParams) -> StageSummary:
 def run_transfer(P: RunParams) -> StageSummary:
     """Stage 5: (Q)LoRA fine-tuning on English, zero-shot evaluation on every target language."""
     from . import data
-    from .transfer import TransferConfig, finetune_pos, finetune_xnli
+    from .transfer import TransferConfig, finetune_pos, finetune_xnli, split_xnli_dev
 
     run_dir, s, t0 = _start(P, "transfer")
     tp = P.transfer
     root = P.resolved_data_root()
-    cfg = TransferConfig(qlora=tp.qlora, lora_r=tp.lora_r, lora_alpha=tp.lora_alpha, lora_dropout=tp.lora_dropout,
-                         target_modules=tuple(tp.target_modules), epochs=tp.epochs, lr=tp.lr,
-                         batch_size=tp.batch_size, max_length=tp.max_length, seed=P.seed)
+    cfg = TransferConfig.from_params(tp, seed=P.seed)
     cap_tr, cap_ev = tp.max_train_examples, tp.max_eval_examples
     pos_sets = xnli_sets = None
     if "pos" in tp.tasks:
@@ -365,11 +363,10 @@ def run_transfer(P: RunParams) -> StageSummary:
                                             max_sentences=cap_ev, seed=P.seed) for l in langs}
         pos_sets = (train, dev, evals)
     if "xnli" in tp.tasks:
-        en_dev = data.read_xnli(root, "dev", "en").sample(frac=1.0, random_state=P.seed).reset_index(drop=True)
-        n_sel = max(1, int(round(len(en_dev) * tp.xnli_dev_fraction)))
-        xdev, xtrain = en_dev.iloc[:n_sel], en_dev.iloc[n_sel:]
+        # no MultiNLI in the bundle: train on English XNLI dev minus a held-out part (premise-disjoint)
+        xtrain, xdev = split_xnli_dev(data.read_xnli(root, "dev", "en"), tp.xnli_dev_fraction, P.seed)
         if cap_tr:
-            xtrain = xtrain.iloc[:cap_tr]
+            xtrain = xtrain.sample(frac=1.0, random_state=P.seed).iloc[:cap_tr]
         evals = {l: data.read_xnli(root, "test", l, max_rows=cap_ev) for l in tp.xnli_languages}
         xnli_sets = (xtrain, xdev, evals)
     ckpts = [c for c in json.loads((run_dir / "checkpoints.json").read_text()) if not c["excluded"]]

@@ -115,55 +115,6 @@ class TransferConfig:
 # ---------------------------------------------------------------------------------------
 # Readers
 # ---------------------------------------------------------------------------------------
-def read_pos_treebank(path: str | Path, max_sentences: int | None = None) -> list[PosSentence]:
-    """Read a CoNLL-U file into ``(word forms, UPOS tags)`` per sentence.
-
-    Multiword-token lines (``1-2``) and empty nodes (``8.1``) are skipped: only syntactic
-    words carry a UPOS. Sentences without words are dropped.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: a word whose UPOS is not one of :data:`POS_LABELS` (names file and sentence).
-    """
-    import conllu
-
-    path = Path(path)
-    out: list[PosSentence] = []
-    known = set(POS_LABELS)
-    with path.open(encoding="utf-8") as f:
-        for i, sent in enumerate(conllu.parse_incr(f)):
-            if max_sentences is not None and len(out) >= max_sentences:
-                break
-            forms, tags = [], []
-            for tok in sent:
-                if not isinstance(tok["id"], int):
-                    continue
-                if tok["upos"] not in known:
-                    sid = sent.metadata.get("sent_id", f"#{i + 1}")
-                    raise ValueError(f"{path}: sentence {sid}: UPOS {tok['upos']!r} is not a UD UPOS tag")
-                forms.append(tok["form"])
-                tags.append(tok["upos"])
-            if forms:
-                out.append((forms, tags))
-    return out
-
-
-def read_xnli(path: str | Path, max_rows: int | None = None) -> pd.DataFrame:
-    """Read an XNLI TSV (``premise\\thypothesis\\tlabel``) as a DataFrame of strings.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: missing columns or a label outside :data:`XNLI_LABELS` (names the file).
-    """
-    import csv
-
-    path = Path(path)
-    df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False,
-                     nrows=max_rows, encoding="utf-8")
-    _check_xnli_frame(df, str(path))
-    return df.reset_index(drop=True)
-
-
 def split_xnli_dev(df: pd.DataFrame, dev_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seeded split of English XNLI dev into (train, held-out dev for model selection).
 
