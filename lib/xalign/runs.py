@@ -68,7 +68,7 @@ def _start(P: RunParams, stage: str) -> tuple[Path, StageSummary, float]:
 
 def _finish(s: StageSummary, t0: float) -> StageSummary:
     s.seconds = time.perf_counter() - t0
-    log.info(s.line())
+    log.debug(s.line())  # printed below; avoid a twin line in notebooks
     print(s.line())
     return s
 
