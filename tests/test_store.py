@@ -1,0 +1,67 @@
+"""Artefact store: atomic writes, NaN guard, clear errors for corrupt artefacts."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from xalign.store import (ArtefactError, atomic_path, load_tensors, read_json, read_table, save_tensors,
+                          write_json, write_table)
+
+
+def test_tensors_round_trip_with_metadata(tmp_path):
+    t = {"layer_3": torch.randn(5, 4), "word_idx": torch.arange(5)}
+    f = save_tensors(t, tmp_path / "v.safetensors", {"layers": [3], "hidden_size": 4, "name": "step-1"})
+    back, meta = load_tensors(f)
+    assert torch.equal(back["layer_3"], t["layer_3"]) and torch.equal(back["word_idx"], t["word_idx"])
+    assert meta == {"layers": [3], "hidden_size": 4, "name": "step-1"}
+    assert oct(os.stat(f).st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
+
+
+def test_nan_or_inf_is_refused_and_nothing_written(tmp_path):
+    x = torch.zeros(3, 2)
+    x[1, 1] = float("nan")
+    with pytest.raises(ArtefactError, match="tensor 'layer_2' has 1 NaN/inf"):
+        save_tensors({"layer_2": x}, tmp_path / "v.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_safetensors_gives_one_line_error(tmp_path):
+    f = save_tensors({"a": torch.randn(100, 10)}, tmp_path / "v.safetensors")
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtefactError) as e:
+        load_tensors(f)
+    assert str(f) in str(e.value) and "corrupt or truncated" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ArtefactError, match="missing artefact"):
+        load_tensors(tmp_path / "nope.safetensors")
+
+
+def test_disk_full_leaves_previous_artefact_and_no_temp_file(tmp_path):
+    dest = tmp_path / "t.json"
+    write_json({"v": 1}, dest)
+    with pytest.raises(OSError) as e:
+        with atomic_path(dest) as tmp:
+            tmp.write_text("partial", encoding="utf-8")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert e.value.errno == errno.ENOSPC
+    assert read_json(dest) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+
+
+def test_tables_and_json(tmp_path):
+    df = pd.DataFrame({"language": ["en", "es"], "neurons": [[1, 2], [3, 4]]})
+    write_table(df, tmp_path / "s.parquet", csv=True)
+    back = read_table(tmp_path / "s.parquet")
+    assert back.language.tolist() == ["en", "es"] and list(back.neurons[1]) == [3, 4]
+    assert (tmp_path / "s.csv").is_file()
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ArtefactError, match="bad.parquet: unreadable parquet"):
+        read_table(tmp_path / "bad.parquet")
+    (tmp_path / "bad.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ArtefactError, match="bad.json: corrupt JSON"):
+        read_json(tmp_path / "bad.json")
