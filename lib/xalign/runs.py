@@ -155,7 +155,8 @@ def resolve_checkpoints(P: RunParams) -> list:
 
     cp = P.checkpoints
     ckpts = ck.list_checkpoints(cp.source, run_dir=P.run_dir(), repo=cp.repo, tokenizer_repo=cp.tokenizer_repo,
-                                revisions=cp.revisions, local_dir=cp.local_dir, gguf_file=cp.gguf_file)
+                                revisions=cp.revisions, local_dir=cp.local_dir, gguf_file=cp.gguf_file,
+                                final_repo=cp.final_repo, gguf_package=cp.gguf_package)
     if not ckpts:
         raise FileNotFoundError(f"checkpoints.source={cp.source}: no checkpoints found "
                                 f"(for 'lab', run notebook 00_pretrain first)")
