@@ -41,7 +41,8 @@ print(P.run_name, "->", P.run_dir())
 
 # %%
 summary = runs.run_correlation(P)
-summary.tables["table1"].round(3)
-
-# %%
-print((P.run_dir() / "correlation" / "table1.md").read_text())
+if "table1" in summary.tables:
+    display(summary.tables["table1"].round(3))
+    print((P.run_dir() / "correlation" / "table1.md").read_text())
+else:
+    print("no correlation table:", "; ".join(summary.skipped))

@@ -353,6 +353,9 @@ def run_transfer(P: RunParams) -> StageSummary:
     tp = P.transfer
     root = P.resolved_data_root()
     cfg = TransferConfig.from_params(tp, seed=P.seed)
+    if not tp.tasks:
+        s.skipped.append("transfer.tasks is empty")
+        return _finish(s, t0)
     cap_tr, cap_ev = tp.max_train_examples, tp.max_eval_examples
     pos_sets = xnli_sets = None
     if "pos" in tp.tasks:
@@ -402,6 +405,9 @@ def run_correlation(P: RunParams) -> StageSummary:
     from .stats import correlation_table, table1_markdown
 
     run_dir, s, t0 = _start(P, "correlation")
+    if not P.transfer.tasks:
+        s.skipped.append("no transfer results to correlate with (transfer.tasks is empty)")
+        return _finish(s, t0)
     pairs = read_table(run_dir / "overlap" / "pairs.parquet")
     transfer = read_table(run_dir / "transfer" / "results.parquet")
     ckpt_names = [c["name"] for c in json.loads((run_dir / "checkpoints.json").read_text()) if not c["excluded"]]
@@ -429,7 +435,7 @@ def run_figures(P: RunParams) -> StageSummary:
     pairs = read_table(run_dir / "overlap" / "pairs.parquet")
     avg = average_overlap(pairs)
     transfer_f = run_dir / "transfer" / "results.parquet"
-    transfer = read_table(transfer_f) if transfer_f.is_file() else None
+    transfer = read_table(transfer_f) if P.transfer.tasks and transfer_f.is_file() else None
     ckpts = [c for c in json.loads((run_dir / "checkpoints.json").read_text()) if not c["excluded"]]
     last = ckpts[-1]["name"]
     fmt = tuple(P.figures.formats)
