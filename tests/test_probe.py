@@ -231,3 +231,19 @@ def test_linear_probe_has_no_latent_mask():
     assert torch.all(torch.isinf(probe.phi)) and torch.all(probe.marginals == 1)
     assert all(h["entropy"] == 0.0 for h in probe.history)
     assert float(probe.W[4].abs().sum()) == float(probe.W.abs().sum(1).max())
+
+
+def test_standardize_uses_train_statistics_only():
+    from xalign.probe import standardize
+
+    g = torch.Generator().manual_seed(0)
+    Xtr = torch.randn(200, 5, generator=g) * torch.tensor([1.0, 10.0, 1e4, 0.1, 0.0]) + 3.0
+    Xdv = torch.randn(50, 5, generator=g) + 100.0
+    ztr, zdv = standardize(Xtr, Xdv)
+    assert torch.allclose(ztr.mean(0), torch.zeros(5), atol=1e-4)
+    assert torch.allclose(ztr[:, :4].std(0, unbiased=False), torch.ones(4), atol=1e-4)
+    assert torch.equal(ztr[:, 4], torch.zeros(200))  # a constant dimension maps to 0, not NaN
+    expected = (Xdv - Xtr.mean(0)) / Xtr.std(0, unbiased=False).clamp_min(1e-6)
+    assert torch.allclose(zdv, expected)  # dev uses the train mean/std, not its own
+    with pytest.raises(ValueError, match=r"expected \(M, 5\)"):
+        standardize(Xtr, torch.zeros(3, 4))

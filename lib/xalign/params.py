@@ -147,6 +147,8 @@ class ProbeParams(_Strict):
     entropy_scale: Literal["per_example", "reference"] = "per_example"
     held_out_fraction: float = Field(0.1, gt=0, lt=1)
     min_train_examples: int = Field(50, ge=2)
+    #: z-score each dimension with train statistics before probing (see probe.standardize).
+    standardize: bool = True
 
 
 class OverlapParams(_Strict):

@@ -69,6 +69,37 @@ _EMA_DECAY = 0.9
 _ENTROPY_SCALES = ("per_example", "reference")
 
 
+def standardize(X_train: Tensor, *X_other: Tensor, eps: float = 1e-6) -> tuple[Tensor, ...]:
+    """Z-score every dimension with the training split's mean and standard deviation.
+
+    LLM residual streams carry a few "massive" dimensions (|h| up to ~1e4 in Gemma-3-270m's
+    middle layers, ~1e2 in the tiny lab) that dominate an unscaled linear probe: its
+    probabilities under the random masks of training and the k-of-d masks of selection are
+    then badly calibrated (negative held-out MI on test). Standardising with *train*
+    statistics only is a per-dimension affine map, so it changes neither which information
+    a dimension carries nor the split discipline. (Our addition; the probe of Stańczak et al.
+    2023 is applied to raw vectors. Switch: ``params.probe.standardize``.)
+
+    Args:
+        X_train: (N, d) float tensor whose statistics are used.
+        *X_other: further (M_i, d) tensors (dev, test) transformed with the same statistics.
+        eps: floor of the standard deviation (constant dimensions map to 0).
+
+    Returns:
+        ``(X_train_z, *X_other_z)``, same shapes.
+
+    Raises:
+        ValueError: a tensor whose second dimension differs from ``X_train``'s.
+    """
+    d = X_train.shape[1]
+    for X in X_other:
+        if X.ndim != 2 or X.shape[1] != d:
+            raise ValueError(f"standardize: expected (M, {d}) tensors, got {tuple(X.shape)}")
+    mean = X_train.mean(0)
+    std = X_train.std(0, unbiased=False).clamp_min(eps)
+    return tuple((X - mean) / std for X in (X_train, *X_other))
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
     """Training hyper-parameters of :func:`train_probe` (mirrors ``params.ProbeParams``).

@@ -266,7 +266,7 @@ def _dataset(labels: pd.DataFrame, tensors: dict[str, torch.Tensor], layer: int)
 def run_probing(P: RunParams) -> StageSummary:
     """Stage 3: one latent-variable probe per (checkpoint, layer, attribute, language), then
     greedy selection of the k most informative neurons on dev (Wang et al. 2024, Eq. 1-4)."""
-    from .probe import ProbeConfig, train_probe
+    from .probe import ProbeConfig, standardize, train_probe
     from .selection import greedy_select
 
     run_dir, s, t0 = _start(P, "probing")
@@ -299,6 +299,8 @@ def run_probing(P: RunParams) -> StageSummary:
             for layer in meta["layers"]:
                 splits, values = _dataset(lab, tensors, layer)
                 (Xtr, ytr), (Xdv, ydv), (Xte, yte) = splits["train"], splits["dev"], splits["test"]
+                if pp.standardize and len(ytr):
+                    Xtr, Xdv, Xte = standardize(Xtr, Xdv, Xte)
                 if len(ytr) < pp.min_train_examples or len(ydv) == 0 or len(yte) == 0:
                     s.skipped.append(f"{c['name']}/L{layer}/{attr}/{lang}: {len(ytr)} train, {len(ydv)} dev, "
                                      f"{len(yte)} test examples (min_train_examples={pp.min_train_examples})")
@@ -441,17 +443,23 @@ def run_figures(P: RunParams) -> StageSummary:
     fmt = tuple(P.figures.formats)
     main_layers = [l for l in P.extraction.layers if l in set(pairs.layer)]
     series = avg[avg.layer.isin(main_layers)]
-    figs: dict[str, Any] = {"fig1_overlap_vs_step": plots.fig_overlap_vs_step(series),
-                            "fig2_overlap_vs_layer": plots.fig_overlap_vs_layer(avg, last)}
+    # figures against training step need a series: at least two checkpoints with a step
+    series_ok = series.step.dropna().nunique() >= 2
+    figs: dict[str, Any] = {"fig2_overlap_vs_layer": plots.fig_overlap_vs_layer(avg, last)}
+    if series_ok:
+        figs["fig1_overlap_vs_step"] = plots.fig_overlap_vs_step(series)
+    else:
+        s.skipped.append("figures 1, 3 and 5 (vs step): fewer than two checkpoints with a step")
     layer = main_layers[-1] if main_layers else int(pairs.layer.max())
     if transfer is not None and len(transfer):
-        figs["fig3_overlap_transfer_vs_step"] = plots.fig_overlap_transfer_vs_step(series, transfer, layer)
+        if series_ok:
+            figs["fig3_overlap_transfer_vs_step"] = plots.fig_overlap_transfer_vs_step(series, transfer, layer)
+            figs["fig5_transfer_vs_step"] = plots.fig_transfer_vs_step(transfer)
         at_layer = pairs[pairs.layer == layer]
         with_source = at_layer[(at_layer.lang_a == "en") | (at_layer.lang_b == "en")]
         for attr in sorted(set(with_source.attribute)):
             figs[f"fig4_pairwise_scatter_{attr}_L{layer}"] = plots.fig_pairwise_scatter(
                 at_layer, transfer, layer, attr)
-        figs["fig5_transfer_vs_step"] = plots.fig_transfer_vs_step(transfer)
     for attr in sorted(set(pairs.attribute)):
         for l in main_layers:
             figs[f"heatmap_{attr}_L{l}_{last}"] = plots.fig_overlap_heatmap(pairs, last, l, attr)
