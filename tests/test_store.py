@@ -65,3 +65,13 @@ def test_tables_and_json(tmp_path):
     (tmp_path / "bad.json").write_text("{", encoding="utf-8")
     with pytest.raises(ArtefactError, match="bad.json: corrupt JSON"):
         read_json(tmp_path / "bad.json")
+
+
+def test_load_metadata_reads_header_only(tmp_path):
+    from xalign.store import load_metadata
+
+    f = save_tensors({"a": torch.randn(4, 3)}, tmp_path / "v.safetensors", {"layers": [3, 4]})
+    assert load_metadata(f) == {"layers": [3, 4]}
+    f.write_bytes(b"\x00\x01")
+    with pytest.raises(ArtefactError, match="corrupt or truncated"):
+        load_metadata(f)

@@ -34,7 +34,8 @@ import torch
 
 from .params import RunParams
 from .progress import progress
-from .store import load_tensors, read_table, save_tensors, write_json, write_table
+from .store import (ArtefactError, atomic_path, load_metadata, load_tensors, read_table, save_tensors,
+                    write_json, write_table)
 
 log = logging.getLogger("xalign.runs")
 
@@ -210,12 +211,12 @@ def run_extraction(P: RunParams) -> StageSummary:
             dest = _vectors_path(run_dir, c.name, lang)
             if dest.is_file():
                 try:
-                    meta = load_tensors(dest)[1]
+                    meta = load_metadata(dest)  # header only: reuse checks read no tensor data
                     if meta.get("layers") == layers and meta.get("tokenization") == ep.tokenization:
                         s.reused += 1
                         continue
-                except Exception:
-                    pass
+                except ArtefactError:
+                    pass  # unreadable header: extract again and overwrite atomically
             words = read_table(run_dir / "data" / "words" / f"{lang}.parquet")
             need = labels[labels.language == lang]
             if need.empty:
@@ -417,8 +418,6 @@ def run_correlation(P: RunParams) -> StageSummary:
     table = correlation_table(pairs[pairs.checkpoint.isin(ckpt_names)], transfer)
     md = table1_markdown(table)
     write_table(table, run_dir / "correlation" / "table1.parquet", csv=True)
-    from .store import atomic_path
-
     with atomic_path(run_dir / "correlation" / "table1.md") as tmp:
         tmp.write_text(md + "\n", encoding="utf-8")
     s.computed = len(table)

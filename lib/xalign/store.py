@@ -126,6 +126,24 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return tensors, meta
 
 
+def load_metadata(path: str | Path) -> dict[str, Any]:
+    """Read only the JSON-decoded metadata of a ``.safetensors`` file (no tensor data).
+
+    Raises:
+        ArtefactError: the file is missing or its header is corrupt (one line, naming it).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtefactError(f"{path}: missing artefact (run the stage that writes it first)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    except Exception as e:
+        raise ArtefactError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0]})") from None
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
