@@ -125,15 +125,11 @@ def run_data_prep(P: RunParams) -> StageSummary:
     run_dir, s, t0 = _start(P, "data_prep")
     root = P.resolved_data_root()
     dp = P.data
-    words_all = []
-    for lang in progress(dp.languages, desc="treebanks", total=len(dp.languages)):
-        files = data.find_treebank_files(root, lang, dp.treebanks.get(lang))
-        sents = data.read_treebank(files, max_sentences=dp.max_sentences_per_language, seed=P.seed)
-        w = data.words_table(lang, sents)
-        write_table(w, run_dir / "data" / "words" / f"{lang}.parquet")
-        words_all.append(w)
+    words = data.load_words(root, dp.languages, treebanks=dp.treebanks,
+                            max_sentences_per_language=dp.max_sentences_per_language, seed=P.seed)
+    for lang, w in words.groupby("language", sort=False):
+        write_table(w.reset_index(drop=True), run_dir / "data" / "words" / f"{lang}.parquet")
         s.computed += 1
-    words = pd.concat(words_all, ignore_index=True)
     labels, summary = data.build_datasets(words, dp.attributes, min_count=dp.min_count,
                                           fractions=dp.split_fractions, seed=P.seed)
     write_table(labels, run_dir / "data" / "labels.parquet")
