@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,24 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def minimal_run(tmp_path_factory) -> Path:
+    """``bash run_all.sh`` (every notebook through jupytext + papermill) on ``params/minimal.yaml``,
+    once per session, into a temporary folder; returns that folder (``runs/minimal``,
+    ``figures/minimal`` and the params file ``minimal.yaml`` inside). Used by the end-to-end
+    test and as the uninterrupted reference run of the resume/determinism tests."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("minimal_run")
+    cfg = yaml.safe_load((REPO / "params" / "minimal.yaml").read_text())
+    cfg["params"]["runs_dir"] = str(tmp / "runs")
+    cfg["params"]["figures_dir"] = str(tmp / "figures")
+    pfile = tmp / "minimal.yaml"
+    pfile.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(REPO / "run_all.sh"), str(pfile)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return tmp

@@ -315,3 +315,25 @@ def test_registry_matches_paper_languages_and_bundle(data_root):
     splits = {lang: list(D.find_treebank_files(data_root, lang)) for lang in D.LANGUAGES}
     assert splits["ar"] == ["test"] and splits["hi"] == ["test"]
     assert splits["en"] == ["train", "dev", "test"] and splits["es"] == ["dev", "test"]
+
+
+def test_treebank_without_feats_for_an_attribute_is_skipped_with_its_name(data_root, tmp_path):
+    """A real treebank whose FEATS column was emptied: POS is still built, Number and Gender are
+    skipped with a reason naming the treebank, and the run goes on (no exception)."""
+    src = data_root / "ud" / "UD_Spanish-AnCora" / "es_ancora-ud-dev.conllu"
+    lines = []
+    for line in src.read_text(encoding="utf-8").splitlines()[:6000]:
+        cols = line.split("\t")
+        if len(cols) == 10:
+            cols[5] = "_"
+        lines.append("\t".join(cols))
+    text = "\n".join(lines).rsplit("\n\n", 1)[0] + "\n\n"  # cut at a sentence boundary
+    _write(tmp_path / "ud" / "UD_Spanish-AnCora" / "es_ancora-ud-dev.conllu", text)
+    words = D.load_words(tmp_path, ["es"])
+    labels, summary = D.build_datasets(words, ["POS", "Number", "Gender"], min_count=5,
+                                       sources={"es": "UD_Spanish-AnCora"})
+    s = summary.set_index("attribute")
+    assert s.loc["POS", "status"] == "kept" and set(labels.attribute) == {"POS"}
+    for attr in ("Number", "Gender"):
+        assert s.loc[attr, "status"] == "skipped"
+        assert s.loc[attr, "reason"] == f"no words carry {attr} (no FEATS for it in UD_Spanish-AnCora)"

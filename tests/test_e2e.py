@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.e2e
-def test_run_all_minimal(tmp_path: Path) -> None:
-    cfg = yaml.safe_load((REPO / "params" / "minimal.yaml").read_text())
-    cfg["params"]["runs_dir"] = str(tmp_path / "runs")
-    cfg["params"]["figures_dir"] = str(tmp_path / "figures")
-    pfile = tmp_path / "minimal.yaml"
-    pfile.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", str(REPO / "run_all.sh"), str(pfile)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-
+def test_run_all_minimal(minimal_run: Path) -> None:
+    tmp_path = minimal_run
     run = tmp_path / "runs" / "minimal"
     executed = sorted(p.name for p in (run / "notebooks").glob("*.ipynb"))
     assert executed == [f"{p.stem}.ipynb" for p in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))]
@@ -57,3 +44,20 @@ def test_run_all_minimal(tmp_path: Path) -> None:
     assert any(n.startswith("heatmap_") for n in figs) and any(n.startswith("fig4_") for n in figs)
     timings = (run / "timings.csv").read_text().splitlines()
     assert len(timings) == 8
+
+    # the manifest: every artefact with identity, inputs and hash; provenance of the run
+    import json
+
+    m = json.loads((run / "manifest.json").read_text())
+    assert set(m["stages"]) == {"pretrain", "data_prep", "extraction", "probing", "overlap", "transfer",
+                                "correlation", "figures"}
+    assert m["run"]["seed"] == 0 and m["run"]["packages"]["torch"].startswith("2.13")
+    assert m["run"]["git_commit"] is None or len(m["run"]["git_commit"]) == 40
+    keys = set(m["artefacts"])
+    for rel in ("data/labels.parquet", "checkpoints/step-000040", "vectors/step-000040/es.safetensors",
+                "probing/selections.parquet", "overlap/pairs.parquet", "transfer/results.parquet",
+                "correlation/table1.md", "../../figures/minimal/fig2_overlap_vs_layer.png"):
+        assert rel in keys, rel
+    for rel, e in m["artefacts"].items():
+        assert (run / rel).exists() and len(e["identity"]) == 64 and len(e["sha256"]) == 64, rel
+    assert m["artefacts"]["vectors/step-000040/es.safetensors"]["inputs"].keys() == {"weights", "words"}

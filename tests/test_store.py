@@ -75,3 +75,67 @@ def test_load_metadata_reads_header_only(tmp_path):
     f.write_bytes(b"\x00\x01")
     with pytest.raises(ArtefactError, match="corrupt or truncated"):
         load_metadata(f)
+
+
+# ------------------------------------------------------------------ identity and manifest
+def test_identity_depends_on_stage_config_and_inputs_not_on_key_order():
+    from xalign.store import content_sha256, identity
+
+    base = identity("probing", {"k": 3, "lr": 0.01}, {"vectors": "aa", "labels": "bb"})
+    assert base == identity("probing", {"lr": 0.01, "k": 3}, {"labels": "bb", "vectors": "aa"})
+    assert len({base, identity("overlap", {"k": 3, "lr": 0.01}, {"vectors": "aa", "labels": "bb"}),
+                identity("probing", {"k": 4, "lr": 0.01}, {"vectors": "aa", "labels": "bb"}),
+                identity("probing", {"k": 3, "lr": 0.01}, {"vectors": "ab", "labels": "bb"})}) == 4
+    df = pd.DataFrame({"value": ["SG", "PL"], "sent_idx": [1, 2]})
+    assert content_sha256(df) == content_sha256(df.copy())
+    assert content_sha256(df) != content_sha256(df.assign(sent_idx=[1, 3]))
+    assert content_sha256(df) != content_sha256(df.rename(columns={"value": "label"}))
+    assert content_sha256(torch.zeros(2, 3)) != content_sha256(torch.zeros(3, 2))
+
+
+def test_manifest_records_and_checks_artefacts(tmp_path):
+    from xalign.store import Manifest, file_sha256
+
+    run = tmp_path / "run"
+    m = Manifest.open(run)
+    f = write_table(pd.DataFrame({"a": [1, 2]}), run / "t" / "x.parquet")
+    sha = m.record(f, "stage", "id1", {"p": 1}, {"in": "cafe"})
+    assert sha == file_sha256(f)
+    m2 = Manifest.open(run)  # saved on record, read back
+    e = m2.artefacts["t/x.parquet"]
+    assert e["identity"] == "id1" and e["inputs"] == {"in": "cafe"} and e["config"] == {"p": 1}
+    assert m2.is_current(f, "id1") and not m2.is_current(f, "id2")
+    os.utime(f, ns=(1, 1))  # touched, same bytes: still current
+    assert m2.is_current(f, "id1") and m2.sha256(f) == sha
+    write_table(pd.DataFrame({"a": [1, 3]}), f)  # rewritten behind the manifest's back
+    assert not m2.is_current(f, "id1") and m2.sha256(f) == file_sha256(f) != sha
+    f.unlink()
+    assert not m2.is_current(f, "id1")
+    with pytest.raises(ArtefactError, match="missing artefact"):
+        m2.sha256(f)
+    # a folder artefact (a checkpoint): hashed over its files' names and contents
+    d = run / "ckpt"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "w.bin").write_bytes(b"123")
+    m2.record(d, "pretrain", "id3")
+    assert m2.is_current(d, "id3")
+    (d / "sub" / "w.bin").write_bytes(b"124")
+    assert not m2.is_current(d, "id3")
+
+
+def test_corrupt_manifest_is_set_aside_and_nothing_is_reused(tmp_path, caplog):
+    from xalign.store import Manifest
+
+    (tmp_path / "manifest.json").write_text('{"artefacts": {"x": ', encoding="utf-8")
+    m = Manifest.open(tmp_path)
+    assert m.artefacts == {} and "unreadable manifest" in caplog.text
+    assert (tmp_path / "manifest.json.corrupt").is_file() and not (tmp_path / "manifest.json").exists()
+
+
+def test_provenance_names_versions_and_commit():
+    from xalign.store import provenance
+
+    p = provenance(seed=7)
+    assert p["seed"] == 7 and p["packages"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert p["git_commit"] is None or len(p["git_commit"]) == 40
+    assert p["python"].count(".") == 2

@@ -447,8 +447,8 @@ SUMMARY_COLUMNS = ["language", "attribute", "status", "reason", "n_values", "val
 
 
 def build_datasets(words: pd.DataFrame, attributes: Sequence[str], min_count: int = 20,
-                   fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                   sources: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One labelled dataset per (language, attribute), split by lemma (Stańczak et al. 2022).
 
     For each language one lemma split (:func:`split_by_lemma`, shared by all attributes) is
@@ -465,6 +465,8 @@ def build_datasets(words: pd.DataFrame, attributes: Sequence[str], min_count: in
         min_count: minimum count of a value in each split.
         fractions: train/dev/test fractions of lemmas.
         seed: lemma-split seed.
+        sources: language -> treebank name, named in skip reasons (e.g. a treebank whose
+            FEATS never carry the attribute).
 
     Returns:
         ``(labels, summary)``. ``labels``: columns ``language, attribute, sent_idx,
@@ -504,7 +506,8 @@ def build_datasets(words: pd.DataFrame, attributes: Sequence[str], min_count: in
             has = value.notna()
             row = {"language": lang, "attribute": attr}
             if not has.any():
-                _skip(summary, row, f"no words carry {attr}")
+                src = (sources or {}).get(lang)
+                _skip(summary, row, f"no words carry {attr}" + (f" (no FEATS for it in {src})" if src else ""))
                 continue
             counts = (pd.crosstab(value[has], split[has])
                       .reindex(columns=list(SPLITS), fill_value=0).sort_index())

@@ -82,6 +82,13 @@ class DataParams(_Strict):
         bad = sorted(set(self.attributes) - set(ALL_ATTRIBUTES))
         if bad:
             raise ValueError(f"unknown attributes {bad}; known: {ALL_ATTRIBUTES}")
+        unknown = [l for l in self.languages if l not in PAPER_LANGUAGES and l not in self.treebanks]
+        if unknown:
+            raise ValueError(f"unknown language codes {unknown}; known: {PAPER_LANGUAGES} "
+                             "(for another language give its UD folder in data.treebanks)")
+        dup = sorted({l for l in self.languages if self.languages.count(l) > 1})
+        if dup:
+            raise ValueError(f"languages listed twice: {dup}")
         return self
 
 

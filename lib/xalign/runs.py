@@ -3,8 +3,23 @@
 Each runner takes validated :class:`~xalign.params.RunParams`, reads the artefacts of the
 stages before it from ``runs/<run_name>/`` and writes its own there (atomically, via
 :mod:`xalign.store`). It returns a small :class:`StageSummary` with the tables a notebook
-shows. Layout of a run directory::
+shows, and prints its one-line summary (computed / reused / skipped with reasons).
 
+**Caching and resume.** Every artefact has an identity (:func:`xalign.store.identity`):
+a hash of its stage, the params it depends on, the SHA-256 of its inputs (data files,
+earlier artefacts) and the checkpoint's weights hash. ``manifest.json`` records each
+artefact with its identity, inputs, params, SHA-256 and the provenance of the run
+(seed, git commit, package versions). A stage reuses an artefact only when the
+manifest holds it with the identity the stage would give it now and its bytes are
+unchanged; otherwise it recomputes it. So a parameter change recomputes only what
+depends on it, and a run killed at any point (every write is atomic, the manifest is
+rewritten after each artefact) resumes where it stopped: the work units are one
+checkpoint series (pretraining), one language (data prep), one (checkpoint, language)
+(extraction, probing) and one (checkpoint, task) (transfer).
+
+Layout of a run directory::
+
+    manifest.json                     every artefact: identity, inputs, params, SHA-256; provenance
     params.json                       resolved params of the last stage run
     checkpoints/step-NNNNNN/          tiny-model lab checkpoints (stage 0)
     checkpoints.json                  the series analysed: location, revision, weights hash
@@ -12,10 +27,12 @@ shows. Layout of a run directory::
     data/labels.parquet               (language, attribute, word, value, split) rows
     data/summary.csv                  kept / skipped datasets with reasons
     vectors/<checkpoint>/<lang>.safetensors   layer_<l>: (n_words, d), word_index (stage 2)
+    probing/parts/<checkpoint>/<lang>.{selections,paths}.parquet   one unit of stage 3
     probing/selections.parquet        one row per probe: selected neurons, MI, accuracy (stage 3)
     probing/paths.parquet             MI / accuracy at every greedy step
     overlap/pairs.parquet|csv         pairwise overlap rates, p-values (stage 4)
     overlap/average.csv               mean overlap per (checkpoint, layer, attribute)
+    transfer/parts/<checkpoint>/<task>.parquet   one unit of stage 5
     transfer/results.parquet|csv      zero-shot transfer per (checkpoint, task, language) (stage 5)
     correlation/table1.csv|md         Pearson r between overlap and transfer (stage 6)
 """
@@ -34,8 +51,8 @@ import torch
 
 from .params import RunParams
 from .progress import progress
-from .store import (ArtefactError, atomic_path, load_metadata, load_tensors, read_table, save_tensors,
-                    write_json, write_table)
+from .store import (ArtefactError, Manifest, atomic_path, content_sha256, file_sha256, identity, load_tensors,
+                    provenance, read_json, read_table, save_tensors, write_json, write_table)
 
 log = logging.getLogger("xalign.runs")
 
@@ -57,43 +74,98 @@ class StageSummary:
         return f"[{self.stage}] computed {self.computed}, reused {self.reused}{sk}; {self.seconds:.1f} s"
 
 
-def _start(P: RunParams, stage: str) -> tuple[Path, StageSummary, float]:
+@dataclass
+class _Stage:
+    """One stage run in progress: its params, run folder, manifest, summary and start time."""
+
+    P: RunParams
+    run_dir: Path
+    m: Manifest
+    s: StageSummary
+    t0: float
+
+    def current(self, path: Path, ident: str) -> bool:
+        """True (and counted as reused) if ``path`` is in the manifest with identity ``ident``."""
+        return self.m.is_current(path, ident)
+
+    def record(self, path: Path, ident: str, config: Any = None, inputs: dict[str, str] | None = None) -> str:
+        return self.m.record(path, self.s.stage, ident, config, inputs)
+
+
+def _start(P: RunParams, stage: str) -> _Stage:
     run_dir = P.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(P.model_dump(mode="json"), run_dir / "params.json")
     torch.manual_seed(P.seed)
     if P.threads:
         torch.set_num_threads(P.threads)
-    return run_dir, StageSummary(stage), time.perf_counter()
+    m = Manifest.open(run_dir)
+    m.run = provenance(P.seed)
+    return _Stage(P, run_dir, m, StageSummary(stage), time.perf_counter())
 
 
-def _finish(s: StageSummary, t0: float) -> StageSummary:
-    s.seconds = time.perf_counter() - t0
+def _finish(st: _Stage) -> StageSummary:
+    s = st.s
+    s.seconds = time.perf_counter() - st.t0
+    st.m.stages[s.stage] = {"computed": s.computed, "reused": s.reused, "skipped": s.skipped,
+                            "seconds": round(s.seconds, 2), "git_commit": st.m.run.get("git_commit"),
+                            "finished": st.m.run.get("time")}
+    st.m.save()
     log.debug(s.line())  # printed below; avoid a twin line in notebooks
     print(s.line())
     return s
+
+
+def _cfg(model: Any, exclude: set[str] | None = None) -> dict[str, Any]:
+    """The JSON form of a params sub-model, minus fields that cannot change results."""
+    return model.model_dump(mode="json", exclude=exclude or set())
+
+
+def _checkpoints(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``checkpoints.json`` that are not excluded as duplicates."""
+    return [c for c in read_json(run_dir / "checkpoints.json") if not c["excluded"]]
+
+
+def _treebank_hashes(root: Path, lang: str, treebank: str | None) -> dict[str, str]:
+    """``{"ud/<folder>/<file>": sha256}`` of a language's treebank split files."""
+    from . import data
+
+    return {f"ud/{p.parent.name}/{p.name}": file_sha256(p)
+            for p in sorted(data.find_treebank_files(root, lang, treebank).values())}
 
 
 # ----------------------------------------------------------------------------- stage 0
 def run_pretrain(P: RunParams) -> StageSummary:
     """Stage 0: train the tiny BLOOM lab on the bundle's text; save ``checkpoints/step-*``.
 
-    Skips training when every checkpoint folder of ``P.pretrain.checkpoint_steps`` exists.
+    The series is reused when every checkpoint folder of ``P.pretrain.checkpoint_steps``
+    is in the manifest with this stage's identity (pretraining params, seed, languages and
+    the SHA-256 of the text and treebank files). Otherwise the whole series is trained
+    again (a killed pretraining restarts from step 0; each folder is written atomically).
     """
     from . import data, lab
+    from .store import path_sha256
 
-    run_dir, s, t0 = _start(P, "pretrain")
-    out = run_dir / "checkpoints"
-    want = [out / f"step-{st:06d}" for st in P.pretrain.checkpoint_steps]
+    st = _start(P, "pretrain")
+    s = st.s
+    out = st.run_dir / "checkpoints"
+    want = [out / f"step-{step:06d}" for step in P.pretrain.checkpoint_steps]
     if not P.pretrain.enabled or P.checkpoints.source != "lab":
         s.skipped.append(f"no lab to train (pretrain.enabled={P.pretrain.enabled}, "
                          f"checkpoints.source={P.checkpoints.source})")
-        return _finish(s, t0)
-    if all((d / "config.json").is_file() for d in want):
+        return _finish(st)
+    root = P.resolved_data_root()
+    pp = P.pretrain
+    config = {**_cfg(pp, {"enabled", "threads"}), "languages": P.data.languages, "seed": P.seed,
+              "treebanks": P.data.treebanks}
+    inputs = {"text": path_sha256(root / "text")} if (root / "text").is_dir() else {}
+    if "ud" in pp.text_sources:
+        for lang in P.data.languages:
+            inputs.update(_treebank_hashes(root, lang, P.data.treebanks.get(lang)))
+    idents = {d: identity("pretrain", {**config, "checkpoint": d.name}, inputs) for d in want}
+    if all(st.current(d, idents[d]) for d in want):
         s.reused = len(want)
     else:
-        root = P.resolved_data_root()
-        pp = P.pretrain
         extra = None
         if "ud" in pp.text_sources:
             extra = {lang: data.treebank_texts(root, lang, max_sentences=pp.max_lines_per_source, seed=P.seed,
@@ -106,6 +178,8 @@ def run_pretrain(P: RunParams) -> StageSummary:
                             n_layer=pp.n_layer, n_head=pp.n_head, seq_len=pp.seq_len, batch_size=pp.batch_size,
                             lr=pp.lr, warmup_steps=pp.warmup_steps, checkpoint_steps=pp.checkpoint_steps,
                             seed=P.seed, threads=pp.threads)
+        for d in dirs:
+            st.record(d, idents[d], {**config, "checkpoint": d.name}, inputs)
         s.computed = len(dirs)
         s.tables["corpus"] = pd.DataFrame({"lines": [len(texts)], "characters": [sum(map(len, texts))]})
     states = []
@@ -114,39 +188,75 @@ def run_pretrain(P: RunParams) -> StageSummary:
         if f.is_file():
             states.append({"checkpoint": d.name, **json.loads(f.read_text())})
     s.tables["checkpoints"] = pd.DataFrame(states)
-    return _finish(s, t0)
+    return _finish(st)
 
 
 # ----------------------------------------------------------------------------- stage 1
 def run_data_prep(P: RunParams) -> StageSummary:
-    """Stage 1: UD treebanks -> UniMorph -> one dataset per (language, attribute), split by lemma."""
+    """Stage 1: UD treebanks -> UniMorph -> one dataset per (language, attribute), split by lemma.
+
+    ``data/words/<lang>.parquet`` is reused per language while its treebank files and
+    sampling params are unchanged; the labels and summary depend on all words tables and
+    on ``attributes``, ``min_count``, ``split_fractions`` and the seed.
+    """
     from . import data
 
-    run_dir, s, t0 = _start(P, "data_prep")
+    st = _start(P, "data_prep")
+    s = st.s
     root = P.resolved_data_root()
     dp = P.data
-    words = data.load_words(root, dp.languages, treebanks=dp.treebanks,
-                            max_sentences_per_language=dp.max_sentences_per_language, seed=P.seed)
-    for lang, w in words.groupby("language", sort=False):
-        write_table(w.reset_index(drop=True), run_dir / "data" / "words" / f"{lang}.parquet")
+    words_sha, tables = {}, []
+    for lang in progress(dp.languages, desc="UD -> UniMorph", total=len(dp.languages)):
+        dest = st.run_dir / "data" / "words" / f"{lang}.parquet"
+        config = {"language": lang, "treebank": dp.treebanks.get(lang),
+                  "max_sentences_per_language": dp.max_sentences_per_language, "seed": P.seed}
+        inputs = _treebank_hashes(root, lang, dp.treebanks.get(lang))
+        ident = identity("data_prep.words", config, inputs)
+        if st.current(dest, ident):
+            w = read_table(dest)
+            s.reused += 1
+        else:
+            w = data.load_words(root, [lang], treebanks=dp.treebanks,
+                                max_sentences_per_language=dp.max_sentences_per_language, seed=P.seed)
+            write_table(w, dest)
+            st.record(dest, ident, config, inputs)
+            s.computed += 1
+        words_sha[f"words/{lang}"] = st.m.sha256(dest)
+        tables.append(w)
+    config = {"languages": dp.languages, "attributes": dp.attributes, "min_count": dp.min_count,
+              "split_fractions": list(dp.split_fractions), "seed": P.seed}
+    ident = identity("data_prep.labels", config, words_sha)
+    f_labels, f_summary = st.run_dir / "data" / "labels.parquet", st.run_dir / "data" / "summary.parquet"
+    if st.current(f_labels, ident) and st.current(f_summary, ident):
+        summary = read_table(f_summary)
+        s.reused += 1
+    else:
+        words = pd.concat(tables, ignore_index=True)
+        sources = {l: dp.treebanks.get(l) or data.language_info(l).treebank for l in dp.languages}
+        labels, summary = data.build_datasets(words, dp.attributes, min_count=dp.min_count,
+                                              fractions=dp.split_fractions, seed=P.seed, sources=sources)
+        write_table(labels, f_labels)
+        write_table(summary, f_summary, csv=True)
+        st.record(f_labels, ident, config, words_sha)
+        st.record(f_summary, ident, config, words_sha)
         s.computed += 1
-    labels, summary = data.build_datasets(words, dp.attributes, min_count=dp.min_count,
-                                          fractions=dp.split_fractions, seed=P.seed)
-    write_table(labels, run_dir / "data" / "labels.parquet")
-    write_table(summary, run_dir / "data" / "summary.parquet", csv=True)
     for _, r in summary[summary.status != "kept"].iterrows():
         s.skipped.append(f"{r.language}/{r.attribute}: {r.reason}")
     s.tables["summary"] = summary
-    return _finish(s, t0)
+    return _finish(st)
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def resolve_checkpoints(P: RunParams) -> list:
+def resolve_checkpoints(P: RunParams, manifest: Manifest | None = None) -> list:
     """List the run's checkpoint series, record provenance, drop duplicate weights.
 
-    Writes ``checkpoints.json`` (name, step, source, location, revision, weights hash).
-    Checkpoints whose weights hash equals another's are all excluded with a warning, as
-    the paper did for BLOOM's identical released checkpoints (Wang et al. 2024, Sec. 4).
+    Writes ``checkpoints.json`` (name, step, source, location, revision, weights hash) and,
+    given the run's ``manifest``, records it there. Checkpoints whose weights hash equals
+    another's are all excluded with a warning, as the paper did for BLOOM's identical
+    released checkpoints (Wang et al. 2024, Sec. 4).
+
+    Returns:
+        The :class:`~xalign.checkpoints.Checkpoint` objects kept, in series order.
     """
     from . import checkpoints as ck
 
@@ -168,7 +278,12 @@ def resolve_checkpoints(P: RunParams) -> list:
         r["excluded"] = bool(is_dup)
         if is_dup:
             log.warning("checkpoint %s has the same weights as another checkpoint: excluded", r["name"])
-    write_json(rows, P.run_dir() / "checkpoints.json")
+    dest = P.run_dir() / "checkpoints.json"
+    write_json(rows, dest)
+    if manifest is not None:
+        config = _cfg(cp)
+        manifest.record(dest, "checkpoints", identity("checkpoints", config, {"rows": content_sha256(rows)}),
+                        config)
     return [c for c, is_dup in zip(ckpts, dup) if not is_dup]
 
 
@@ -176,49 +291,75 @@ def _vectors_path(run_dir: Path, ckpt_name: str, lang: str) -> Path:
     return run_dir / "vectors" / ckpt_name / f"{lang}.safetensors"
 
 
+def _check_layers(layers: list[int], n_hs: int, name: str, key: str) -> None:
+    bad = [l for l in layers if not 1 <= l <= n_hs]
+    if bad:
+        raise ValueError(f"{key}: layer(s) {bad} out of range for {name} "
+                         f"(valid 1..{n_hs}; l = 1 is the embedding output)")
+
+
 # ----------------------------------------------------------------------------- stage 2
 def run_extraction(P: RunParams) -> StageSummary:
     """Stage 2: word vectors (mean of subword hidden states) for every labelled word.
 
     Every checkpoint gets ``extraction.layers``; the last one also gets the layer sweep
-    ``extraction.sweep_layers`` (Figure 2). Vectors are written per (checkpoint, language).
+    ``extraction.sweep_layers`` (Figure 2). Vectors are written per (checkpoint, language)
+    and reused while the checkpoint's weights, the language's words and the extraction
+    params (layers, tokenisation, max_length, bf16, dtype; not the batch size) are
+    unchanged. A checkpoint whose vectors are all current is not even loaded. Layers are
+    checked against the first checkpoint loaded before anything is written.
+
+    Raises:
+        ValueError: a layer out of range (naming ``extraction.layers`` or
+            ``extraction.sweep_layers`` and the valid range).
     """
     from . import checkpoints as ck
     from . import extraction as ex
 
-    run_dir, s, t0 = _start(P, "extraction")
-    ep = P.extraction
+    st = _start(P, "extraction")
+    s, run_dir, ep = st.s, st.run_dir, P.extraction
     labels = read_table(run_dir / "data" / "labels.parquet")
     labels = labels[labels.attribute.isin(P.probe.attributes)]
-    ckpts = resolve_checkpoints(P)
+    ckpts = resolve_checkpoints(P, st.m)
+    weights = {r["name"]: r["weights_sha256"] for r in _checkpoints(run_dir)}
     rows = []
+    checked = False
     for i, c in enumerate(ckpts):
+        last = i == len(ckpts) - 1
+        todo, model = [], None
+        for lang in P.data.languages:
+            need = labels[labels.language == lang]
+            if need.empty:
+                s.skipped.append(f"{c.name}/{lang}: no labelled words for {P.probe.attributes}")
+                continue
+            dest = _vectors_path(run_dir, c.name, lang)
+            words_f = run_dir / "data" / "words" / f"{lang}.parquet"
+            keep_sents = sorted(set(int(x) for x in need.sent_idx))
+            config = {"checkpoint": c.name, "revision": c.revision, "language": lang, "layers": list(ep.layers),
+                      "sweep_layers": ep.sweep_layers if last else None, "tokenization": ep.tokenization,
+                      "max_length": ep.max_length, "bf16": ep.bf16, "dtype": P.checkpoints.dtype,
+                      "sentences": content_sha256(keep_sents)}
+            inputs = {"weights": weights[c.name], "words": st.m.sha256(words_f)}
+            ident = identity("extraction", config, inputs)
+            if st.current(dest, ident):
+                s.reused += 1
+            else:
+                todo.append((lang, dest, words_f, keep_sents, config, inputs, ident))
+        if not todo:
+            continue
         model, tok = ck.load_model(c, dtype=P.checkpoints.dtype)
         n_hs = ck.num_hidden_states(model)
         layers = list(ep.layers)
-        if i == len(ckpts) - 1:
-            sweep = range(1, n_hs + 1) if ep.sweep_layers == "all" else ep.sweep_layers
+        sweep = list(range(1, n_hs + 1)) if ep.sweep_layers == "all" else list(ep.sweep_layers or [])
+        _check_layers(layers, n_hs, c.name, "extraction.layers")
+        if not checked or last:  # a series shares its depth: check the sweep before writing anything
+            _check_layers(sweep, n_hs, c.name, "extraction.sweep_layers")
+            checked = True
+        if last:
             layers = sorted(set(layers) | set(sweep))
-        bad = [l for l in layers if not 1 <= l <= n_hs]
-        if bad:
-            raise ValueError(f"extraction.layers: layer(s) {bad} out of range for {c.name} "
-                             f"(valid 1..{n_hs}; l = 1 is the embedding output)")
-        for lang in progress(P.data.languages, desc=f"extract {c.name}", total=len(P.data.languages)):
-            dest = _vectors_path(run_dir, c.name, lang)
-            if dest.is_file():
-                try:
-                    meta = load_metadata(dest)  # header only: reuse checks read no tensor data
-                    if meta.get("layers") == layers and meta.get("tokenization") == ep.tokenization:
-                        s.reused += 1
-                        continue
-                except ArtefactError:
-                    pass  # unreadable header: extract again and overwrite atomically
-            words = read_table(run_dir / "data" / "words" / f"{lang}.parquet")
-            need = labels[labels.language == lang]
-            if need.empty:
-                s.skipped.append(f"{lang}: no labelled words for {P.probe.attributes}")
-                continue
-            keep_sents = sorted(set(need.sent_idx))
+        for lang, dest, words_f, keep_sents, config, inputs, ident in progress(
+                todo, desc=f"extract {c.name}", total=len(todo)):
+            words = read_table(words_f)
             sub = words[words.sent_idx.isin(keep_sents)].sort_values(["sent_idx", "word_idx"])
             sentences = [g.form.tolist() for _, g in sub.groupby("sent_idx", sort=True)]
             res = ex.extract_word_vectors(model, tok, sentences, layers, mode=ep.tokenization,
@@ -230,8 +371,12 @@ def run_extraction(P: RunParams) -> StageSummary:
             meta = {"checkpoint": c.name, "step": c.step, "location": c.location, "revision": c.revision,
                     "language": lang, "layers": layers, "tokenization": ep.tokenization,
                     "hidden_size": ck.hidden_size(model), "n_sentences_skipped": res.n_sentences_skipped,
-                    "n_words_total": res.n_words_total}
-            save_tensors(tensors, dest, meta)
+                    "n_words_total": res.n_words_total, "identity": ident}
+            try:
+                save_tensors(tensors, dest, meta)
+            except ArtefactError as e:  # NaN/inf: name the checkpoint and language, nothing written
+                raise ArtefactError(f"{c.name}/{lang}: hidden states not finite: {e}") from None
+            st.record(dest, ident, config, inputs)
             s.computed += 1
             rows.append({"checkpoint": c.name, "language": lang, "words": len(flat),
                          "sentences_skipped": res.n_sentences_skipped})
@@ -240,7 +385,7 @@ def run_extraction(P: RunParams) -> StageSummary:
                                  f"max_length={ep.max_length}")
         del model
     s.tables["extracted"] = pd.DataFrame(rows)
-    return _finish(s, t0)
+    return _finish(st)
 
 
 # ----------------------------------------------------------------------------- stage 3
@@ -255,19 +400,84 @@ def _dataset(labels: pd.DataFrame, tensors: dict[str, torch.Tensor], layer: int)
     out = {}
     for split in ("train", "dev", "test"):
         part = m[m.split == split]
-        out[split] = (X[torch.as_tensor(part.row.to_numpy(), dtype=torch.long)],
-                      torch.as_tensor(part.value.map(index).to_numpy(), dtype=torch.long))
+        out[split] = (X[torch.tensor(part.row.to_numpy(), dtype=torch.long)],
+                      torch.tensor(part.value.map(index).to_numpy(), dtype=torch.long))
     return out, values
+
+
+def _check_vectors(f: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], d_ckpt: int | None) -> int:
+    """Hidden size of a vectors file, checked against its metadata and the checkpoint's other files.
+
+    Raises:
+        ArtefactError: a layer's width differs from ``hidden_size`` in the file's metadata
+            or from the checkpoint's other languages (one line, naming the file).
+    """
+    d = int(meta["hidden_size"])
+    for name, t in tensors.items():
+        if name.startswith("layer_") and (t.ndim != 2 or t.shape[1] != d):
+            raise ArtefactError(f"{f}: {name} has shape {tuple(t.shape)}, but the file's hidden_size is {d}")
+    if d_ckpt is not None and d != d_ckpt:
+        raise ArtefactError(f"{f}: hidden size {d} differs from {d_ckpt} in the same checkpoint's other "
+                            f"vectors (artefacts of different models; re-run extraction)")
+    return d
+
+
+def _probe_unit(P: RunParams, cfg, c: dict, lang: str, attrs: list[str], labels: pd.DataFrame,
+                tensors: dict[str, torch.Tensor], meta: dict[str, Any], d: int,
+                skipped: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Probes and greedy selections for one (checkpoint, language): every attribute x layer."""
+    from .probe import standardize, train_probe
+    from .selection import greedy_select
+
+    pp = P.probe
+    sel_rows, path_rows = [], []
+    for attr in attrs:
+        lab = labels[labels.attribute == attr]
+        for layer in meta["layers"]:
+            splits, values = _dataset(lab, tensors, layer)
+            (Xtr, ytr), (Xdv, ydv), (Xte, yte) = splits["train"], splits["dev"], splits["test"]
+            if len(ytr) < pp.min_train_examples or len(ydv) == 0 or len(yte) == 0:
+                skipped.append(f"{c['name']}/L{layer}/{attr}/{lang}: {len(ytr)} train, {len(ydv)} dev, "
+                               f"{len(yte)} test examples (min_train_examples={pp.min_train_examples})")
+                continue
+            if pp.standardize:
+                Xtr, Xdv, Xte = standardize(Xtr, Xdv, Xte)
+            probe = train_probe(Xtr, ytr, len(values), cfg)
+            res = greedy_select(probe, Xdv, ydv, k=pp.k, X_test=Xte, y_test=yte)
+            ident = {"checkpoint": c["name"], "step": c["step"], "layer": layer, "attribute": attr,
+                     "language": lang}
+            sel_rows.append({**ident, "d": d, "k": pp.k, "neurons": [int(n) for n in res.neurons],
+                             "n_classes": len(values), "values": ",".join(values),
+                             "n_train": len(ytr), "n_dev": len(ydv), "n_test": len(yte),
+                             "dev_mi": res.dev_mi[-1], "test_mi": res.test_mi[-1],
+                             "dev_acc": res.dev_acc[-1], "test_acc": res.test_acc[-1],
+                             "dev_mi_all": res.dev_mi_all, "test_mi_all": res.test_mi_all,
+                             "dev_acc_all": res.dev_acc_all, "test_acc_all": res.test_acc_all,
+                             "best_epoch": probe.best_epoch})
+            for i, n in enumerate(res.neurons):
+                path_rows.append({**ident, "step_k": i + 1, "neuron": int(n), "dev_loglik": res.dev_loglik[i],
+                                  "dev_mi": res.dev_mi[i], "test_mi": res.test_mi[i],
+                                  "dev_acc": res.dev_acc[i], "test_acc": res.test_acc[i]})
+    return pd.DataFrame(sel_rows), pd.DataFrame(path_rows)
 
 
 def run_probing(P: RunParams) -> StageSummary:
     """Stage 3: one latent-variable probe per (checkpoint, layer, attribute, language), then
-    greedy selection of the k most informative neurons on dev (Wang et al. 2024, Eq. 1-4)."""
-    from .probe import ProbeConfig, standardize, train_probe
-    from .selection import greedy_select
+    greedy selection of the k most informative neurons on dev (Wang et al. 2024, Eq. 1-4).
 
-    run_dir, s, t0 = _start(P, "probing")
-    pp = P.probe
+    The unit of work and of reuse is one (checkpoint, language): its probes for every kept
+    attribute and extracted layer, written to ``probing/parts/<checkpoint>/<lang>.*.parquet``
+    and reused while its vectors file, its labels and the probe params are unchanged.
+
+    Raises:
+        ValueError: ``probe.k`` larger than a checkpoint's hidden size.
+        ArtefactError: a vectors file whose hidden size disagrees with its metadata or with
+            the checkpoint's other files.
+    """
+    from .probe import ProbeConfig
+
+    st = _start(P, "probing")
+    s, run_dir, pp = st.s, st.run_dir, P.probe
     cfg = ProbeConfig(lr=pp.lr, weight_decay=pp.weight_decay, max_epochs=pp.max_epochs, patience=pp.patience,
                       batch_size=pp.batch_size, mc_samples=pp.mc_samples, entropy_scale=pp.entropy_scale,
                       held_out_fraction=pp.held_out_fraction, seed=P.seed)
@@ -275,88 +485,110 @@ def run_probing(P: RunParams) -> StageSummary:
     summary = read_table(run_dir / "data" / "summary.parquet")
     kept = summary[(summary.status == "kept") & summary.attribute.isin(pp.attributes)
                    & summary.language.isin(P.data.languages)]
-    ckpts = json.loads((run_dir / "checkpoints.json").read_text())
-    ckpts = [c for c in ckpts if not c["excluded"]]
-    sel_rows, path_rows = [], []
     jobs = []
-    for c in ckpts:
+    for c in _checkpoints(run_dir):
         for lang in sorted(kept.language.unique()):
             f = _vectors_path(run_dir, c["name"], lang)
             if not f.is_file():
                 s.skipped.append(f"{c['name']}/{lang}: no vectors")
                 continue
             jobs.append((c, lang, f))
+    sel_parts, path_parts, part_idents = [], [], {}
+    d_of: dict[str, int] = {}
     for c, lang, f in progress(jobs, desc="probing", total=len(jobs)):
-        tensors, meta = load_tensors(f)
-        d = int(meta["hidden_size"])
-        if pp.k > d:
-            raise ValueError(f"probe.k={pp.k} exceeds the hidden size d={d} of {c['name']}")
-        for attr in sorted(kept[kept.language == lang].attribute):
-            lab = labels[(labels.language == lang) & (labels.attribute == attr)]
-            for layer in meta["layers"]:
-                splits, values = _dataset(lab, tensors, layer)
-                (Xtr, ytr), (Xdv, ydv), (Xte, yte) = splits["train"], splits["dev"], splits["test"]
-                if pp.standardize and len(ytr):
-                    Xtr, Xdv, Xte = standardize(Xtr, Xdv, Xte)
-                if len(ytr) < pp.min_train_examples or len(ydv) == 0 or len(yte) == 0:
-                    s.skipped.append(f"{c['name']}/L{layer}/{attr}/{lang}: {len(ytr)} train, {len(ydv)} dev, "
-                                     f"{len(yte)} test examples (min_train_examples={pp.min_train_examples})")
-                    continue
-                probe = train_probe(Xtr, ytr, len(values), cfg)
-                res = greedy_select(probe, Xdv, ydv, k=pp.k, X_test=Xte, y_test=yte)
-                s.computed += 1
-                ident = {"checkpoint": c["name"], "step": c["step"], "layer": layer, "attribute": attr,
-                         "language": lang}
-                sel_rows.append({**ident, "d": d, "k": pp.k, "neurons": [int(n) for n in res.neurons],
-                                 "n_classes": len(values), "values": ",".join(values),
-                                 "n_train": len(ytr), "n_dev": len(ydv), "n_test": len(yte),
-                                 "dev_mi": res.dev_mi[-1], "test_mi": res.test_mi[-1],
-                                 "dev_acc": res.dev_acc[-1], "test_acc": res.test_acc[-1],
-                                 "dev_mi_all": res.dev_mi_all, "test_mi_all": res.test_mi_all,
-                                 "dev_acc_all": res.dev_acc_all, "test_acc_all": res.test_acc_all,
-                                 "best_epoch": probe.best_epoch})
-                for i, n in enumerate(res.neurons):
-                    path_rows.append({**ident, "step_k": i + 1, "neuron": int(n), "dev_loglik": res.dev_loglik[i],
-                                      "dev_mi": res.dev_mi[i], "test_mi": res.test_mi[i],
-                                      "dev_acc": res.dev_acc[i], "test_acc": res.test_acc[i]})
-    sel = pd.DataFrame(sel_rows)
-    write_table(sel, run_dir / "probing" / "selections.parquet")
-    write_table(pd.DataFrame(path_rows), run_dir / "probing" / "paths.parquet")
+        attrs = sorted(kept[kept.language == lang].attribute)
+        lab = labels[(labels.language == lang) & labels.attribute.isin(attrs)]
+        config = {**_cfg(pp, {"attributes"}), "attributes": attrs, "seed": P.seed, "checkpoint": c["name"],
+                  "language": lang}
+        inputs = {"vectors": st.m.sha256(f), "labels": content_sha256(lab.reset_index(drop=True))}
+        ident = identity("probing", config, inputs)
+        base = run_dir / "probing" / "parts" / c["name"] / lang
+        f_sel, f_path = base.with_name(f"{lang}.selections.parquet"), base.with_name(f"{lang}.paths.parquet")
+        part_idents[f"{c['name']}/{lang}"] = ident
+        if st.current(f_sel, ident) and st.current(f_path, ident):
+            sel, paths = read_table(f_sel), read_table(f_path)
+            s.reused += len(sel)
+        else:
+            tensors, meta = load_tensors(f)
+            d = _check_vectors(f, tensors, meta, d_of.get(c["name"]))
+            if pp.k > d:
+                raise ValueError(f"probe.k={pp.k} exceeds the hidden size d={d} of {c['name']} ({f})")
+            sel, paths = _probe_unit(P, cfg, c, lang, attrs, lab, tensors, meta, d, s.skipped)
+            write_table(sel, f_sel)
+            write_table(paths, f_path)
+            st.record(f_sel, ident, config, inputs)
+            st.record(f_path, ident, config, inputs)
+            s.computed += len(sel)
+        if len(sel):
+            d_of.setdefault(c["name"], int(sel.d.iloc[0]))
+            if int(sel.d.iloc[0]) != d_of[c["name"]]:
+                raise ArtefactError(f"{f_sel}: hidden size {int(sel.d.iloc[0])} differs from {d_of[c['name']]} "
+                                    f"in {c['name']}'s other probes (re-run extraction and probing)")
+        sel_parts.append(sel)
+        path_parts.append(paths)
+    sel = pd.concat([p for p in sel_parts if len(p)], ignore_index=True) if any(len(p) for p in sel_parts) \
+        else pd.DataFrame()
+    paths = pd.concat([p for p in path_parts if len(p)], ignore_index=True) if any(len(p) for p in path_parts) \
+        else pd.DataFrame()
+    agg = identity("probing.all", {"parts": sorted(part_idents)}, part_idents)
+    for df, name in ((sel, "selections"), (paths, "paths")):
+        dest = run_dir / "probing" / f"{name}.parquet"
+        write_table(df, dest)
+        st.record(dest, agg, None, part_idents)
     s.tables["selections"] = sel
-    return _finish(s, t0)
+    return _finish(st)
 
 
 # ----------------------------------------------------------------------------- stage 4
 def run_overlap(P: RunParams) -> StageSummary:
-    """Stage 4: pairwise overlap rates |A cap B|/k with hypergeometric p-values (Holm)."""
+    """Stage 4: pairwise overlap rates |A cap B|/k with hypergeometric p-values (Holm).
+
+    Reused while ``probing/selections.parquet`` and ``overlap.alpha`` are unchanged.
+    """
     from .overlap import average_overlap, overlap_pairs
 
-    run_dir, s, t0 = _start(P, "overlap")
-    sel = read_table(run_dir / "probing" / "selections.parquet")
-    pairs = overlap_pairs(sel, alpha=P.overlap.alpha)
-    avg = average_overlap(pairs)
-    write_table(pairs, run_dir / "overlap" / "pairs.parquet", csv=True)
-    write_table(avg, run_dir / "overlap" / "average.parquet", csv=True)
-    s.computed = len(pairs)
+    st = _start(P, "overlap")
+    s, run_dir = st.s, st.run_dir
+    f_sel = run_dir / "probing" / "selections.parquet"
+    sel = read_table(f_sel)
+    config, inputs = _cfg(P.overlap), {"selections": st.m.sha256(f_sel)}
+    ident = identity("overlap", config, inputs)
+    f_pairs, f_avg = run_dir / "overlap" / "pairs.parquet", run_dir / "overlap" / "average.parquet"
+    if st.current(f_pairs, ident) and st.current(f_avg, ident):
+        pairs, avg = read_table(f_pairs), read_table(f_avg)
+        s.reused = len(pairs)
+    else:
+        pairs = overlap_pairs(sel, alpha=P.overlap.alpha)
+        avg = average_overlap(pairs)
+        write_table(pairs, f_pairs, csv=True)
+        write_table(avg, f_avg, csv=True)
+        st.record(f_pairs, ident, config, inputs)
+        st.record(f_avg, ident, config, inputs)
+        s.computed = len(pairs)
     s.tables.update(pairs=pairs, average=avg)
-    return _finish(s, t0)
+    return _finish(st)
 
 
 # ----------------------------------------------------------------------------- stage 5
 def run_transfer(P: RunParams) -> StageSummary:
-    """Stage 5: (Q)LoRA fine-tuning on English, zero-shot evaluation on every target language."""
+    """Stage 5: (Q)LoRA fine-tuning on English, zero-shot evaluation on every target language.
+
+    The unit of work and of reuse is one (checkpoint, task), written to
+    ``transfer/parts/<checkpoint>/<task>.parquet`` and reused while the checkpoint's
+    weights, the training/evaluation data and the transfer params are unchanged.
+    """
     from . import data
     from .transfer import TransferConfig, finetune_pos, finetune_xnli, split_xnli_dev
 
-    run_dir, s, t0 = _start(P, "transfer")
-    tp = P.transfer
+    st = _start(P, "transfer")
+    s, run_dir, tp = st.s, st.run_dir, P.transfer
     root = P.resolved_data_root()
     cfg = TransferConfig.from_params(tp, seed=P.seed)
     if not tp.tasks:
         s.skipped.append("transfer.tasks is empty")
-        return _finish(s, t0)
+        return _finish(st)
     cap_tr, cap_ev = tp.max_train_examples, tp.max_eval_examples
-    pos_sets = xnli_sets = None
+    sets: dict[str, Any] = {}
     if "pos" in tp.tasks:
         src = tp.pos_source_treebank
         train = data.read_pos_sentences(root, "en", split="train", treebank=src, max_sentences=cap_tr, seed=P.seed)
@@ -364,38 +596,47 @@ def run_transfer(P: RunParams) -> StageSummary:
         langs = tp.pos_languages or [l for l in P.data.languages if l != "en"]
         evals = {l: data.read_pos_sentences(root, l, split="test", treebank=P.data.treebanks.get(l),
                                             max_sentences=cap_ev, seed=P.seed) for l in langs}
-        pos_sets = (train, dev, evals)
+        sets["pos"] = (train, dev, evals)
     if "xnli" in tp.tasks:
         # no MultiNLI in the bundle: train on English XNLI dev minus a held-out part (premise-disjoint)
         xtrain, xdev = split_xnli_dev(data.read_xnli(root, "dev", "en"), tp.xnli_dev_fraction, P.seed)
         if cap_tr:
             xtrain = xtrain.sample(frac=1.0, random_state=P.seed).iloc[:cap_tr]
         evals = {l: data.read_xnli(root, "test", l, max_rows=cap_ev) for l in tp.xnli_languages}
-        xnli_sets = (xtrain, xdev, evals)
-    ckpts = [c for c in json.loads((run_dir / "checkpoints.json").read_text()) if not c["excluded"]]
-    out = []
-    dest = run_dir / "transfer" / "results.parquet"
-    done = read_table(dest) if dest.is_file() else pd.DataFrame(columns=["checkpoint", "task"])
-    for c in progress(ckpts, desc="transfer", total=len(ckpts)):
-        for task, sets, fn in (("pos", pos_sets, finetune_pos), ("xnli", xnli_sets, finetune_xnli)):
-            if sets is None:
+        sets["xnli"] = (xtrain.reset_index(drop=True), xdev.reset_index(drop=True),
+                        {l: e.reset_index(drop=True) for l, e in evals.items()})
+    data_sha = {task: content_sha256(v) for task, v in sets.items()}
+    fns = {"pos": finetune_pos, "xnli": finetune_xnli}
+    out, part_idents = [], {}
+    for c in progress(_checkpoints(run_dir), desc="transfer", total=None):
+        for task in ("pos", "xnli"):
+            if task not in sets:
                 continue
-            prev = done[(done.checkpoint == c["name"]) & (done.task == task)]
-            if len(prev):
-                out.append(prev)
+            config = {**_cfg(tp, {"tasks"}), "task": task, "seed": P.seed, "checkpoint": c["name"],
+                      "revision": c["revision"]}
+            inputs = {"weights": c["weights_sha256"], "data": data_sha[task]}
+            ident = identity("transfer", config, inputs)
+            dest = run_dir / "transfer" / "parts" / c["name"] / f"{task}.parquet"
+            part_idents[f"{c['name']}/{task}"] = ident
+            if st.current(dest, ident):
+                out.append(read_table(dest))
                 s.reused += 1
                 continue
-            df = fn(c["location"], *sets, cfg, revision=c["revision"], tokenizer_path=c["tokenizer_location"])
+            df = fns[task](c["location"], *sets[task], cfg, revision=c["revision"],
+                           tokenizer_path=c["tokenizer_location"])
             df = df.assign(task=task)
             df.insert(0, "step", c["step"])
             df.insert(0, "checkpoint", c["name"])
+            write_table(df, dest)
+            st.record(dest, ident, config, inputs)
             out.append(df)
             s.computed += 1
-            write_table(pd.concat(out, ignore_index=True), dest, csv=True)
     res = pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+    dest = run_dir / "transfer" / "results.parquet"
     write_table(res, dest, csv=True)
+    st.record(dest, identity("transfer.all", {"parts": sorted(part_idents)}, part_idents), None, part_idents)
     s.tables["transfer"] = res
-    return _finish(s, t0)
+    return _finish(st)
 
 
 # ----------------------------------------------------------------------------- stage 6
@@ -403,37 +644,67 @@ def run_correlation(P: RunParams) -> StageSummary:
     """Stage 6: Pearson r between overlap and zero-shot transfer (the paper's Table 1)."""
     from .stats import correlation_table, table1_markdown
 
-    run_dir, s, t0 = _start(P, "correlation")
+    st = _start(P, "correlation")
+    s, run_dir = st.s, st.run_dir
     if not P.transfer.tasks:
         s.skipped.append("no transfer results to correlate with (transfer.tasks is empty)")
-        return _finish(s, t0)
-    pairs = read_table(run_dir / "overlap" / "pairs.parquet")
-    transfer = read_table(run_dir / "transfer" / "results.parquet")
-    ckpt_names = [c["name"] for c in json.loads((run_dir / "checkpoints.json").read_text()) if not c["excluded"]]
-    pairs = pairs[pairs.layer.isin(P.extraction.layers)]  # the sweep exists on one checkpoint only
-    table = correlation_table(pairs[pairs.checkpoint.isin(ckpt_names)], transfer)
-    md = table1_markdown(table)
-    write_table(table, run_dir / "correlation" / "table1.parquet", csv=True)
-    with atomic_path(run_dir / "correlation" / "table1.md") as tmp:
-        tmp.write_text(md + "\n", encoding="utf-8")
-    s.computed = len(table)
+        return _finish(st)
+    f_pairs, f_tr = run_dir / "overlap" / "pairs.parquet", run_dir / "transfer" / "results.parquet"
+    pairs, transfer = read_table(f_pairs), read_table(f_tr)
+    ckpt_names = [c["name"] for c in _checkpoints(run_dir)]
+    config = {"layers": list(P.extraction.layers), "checkpoints": ckpt_names}
+    inputs = {"pairs": st.m.sha256(f_pairs), "transfer": st.m.sha256(f_tr)}
+    ident = identity("correlation", config, inputs)
+    f_table, f_md = run_dir / "correlation" / "table1.parquet", run_dir / "correlation" / "table1.md"
+    if st.current(f_table, ident) and st.current(f_md, ident):
+        table = read_table(f_table)
+        s.reused = len(table)
+    else:
+        pairs = pairs[pairs.layer.isin(P.extraction.layers)]  # the sweep exists on one checkpoint only
+        table = correlation_table(pairs[pairs.checkpoint.isin(ckpt_names)], transfer)
+        md = table1_markdown(table)
+        write_table(table, f_table, csv=True)
+        with atomic_path(f_md) as tmp:
+            tmp.write_text(md + "\n", encoding="utf-8")
+        st.record(f_table, ident, config, inputs)
+        st.record(f_md, ident, config, inputs)
+        s.computed = len(table)
     s.tables["table1"] = table
-    return _finish(s, t0)
+    return _finish(st)
 
 
 # ----------------------------------------------------------------------------- stage 7
 def run_figures(P: RunParams) -> StageSummary:
-    """Stage 7: Figures 1-5 and the Appendix B.1 heatmaps, PNG and PDF, in ``figures/<run>/``."""
+    """Stage 7: Figures 1-5 and the Appendix B.1 heatmaps, PNG and PDF, in ``figures/<run>/``.
+
+    The list of files written goes to ``<run_dir>/figures.json``; all are reused while the
+    overlap and transfer tables, the layers and the figure params are unchanged.
+    """
     from . import plots
     from .overlap import average_overlap
 
-    run_dir, s, t0 = _start(P, "figures")
+    st = _start(P, "figures")
+    s, run_dir = st.s, st.run_dir
     out = P.figure_dir()
-    pairs = read_table(run_dir / "overlap" / "pairs.parquet")
+    f_pairs, f_tr = run_dir / "overlap" / "pairs.parquet", run_dir / "transfer" / "results.parquet"
+    use_transfer = bool(P.transfer.tasks) and f_tr.is_file()
+    ckpts = _checkpoints(run_dir)
+    config = {**_cfg(P.figures), "layers": list(P.extraction.layers), "checkpoints": [c["name"] for c in ckpts],
+              "figure_dir": str(out)}
+    inputs = {"pairs": st.m.sha256(f_pairs)}
+    if use_transfer:
+        inputs["transfer"] = st.m.sha256(f_tr)
+    ident = identity("figures", config, inputs)
+    f_list = run_dir / "figures.json"
+    if st.current(f_list, ident):
+        names = read_json(f_list)
+        if all(st.current(out / n, ident) for n in names):
+            s.reused = len(names)
+            s.tables["figures"] = pd.DataFrame({"figure": names})
+            return _finish(st)
+    pairs = read_table(f_pairs)
     avg = average_overlap(pairs)
-    transfer_f = run_dir / "transfer" / "results.parquet"
-    transfer = read_table(transfer_f) if P.transfer.tasks and transfer_f.is_file() else None
-    ckpts = [c for c in json.loads((run_dir / "checkpoints.json").read_text()) if not c["excluded"]]
+    transfer = read_table(f_tr) if use_transfer else None
     last = ckpts[-1]["name"]
     fmt = tuple(P.figures.formats)
     main_layers = [l for l in P.extraction.layers if l in set(pairs.layer)]
@@ -458,8 +729,13 @@ def run_figures(P: RunParams) -> StageSummary:
     for attr in sorted(set(pairs.attribute)):
         for l in main_layers:
             figs[f"heatmap_{attr}_L{l}_{last}"] = plots.fig_overlap_heatmap(pairs, last, l, attr)
+    written = []
     for name, fig in figs.items():
-        plots.save(fig, out, name, formats=fmt, dpi=P.figures.dpi)
+        for p in plots.save(fig, out, name, formats=fmt, dpi=P.figures.dpi):
+            st.m.record(p, s.stage, ident, config, inputs, save=False)
+            written.append(Path(p).name)
         s.computed += 1
+    write_json(sorted(written), f_list)
+    st.record(f_list, ident, config, inputs)
     s.tables["figures"] = pd.DataFrame({"figure": sorted(figs)})
-    return _finish(s, t0)
+    return _finish(st)

@@ -1,8 +1,14 @@
-"""Artefact I/O: atomic writes of tensors (safetensors), tables (parquet + CSV) and JSON.
+"""Artefact store: atomic writes of tensors (safetensors), tables (parquet + CSV) and JSON;
+artefact identities and the run manifest.
 
 Every writer goes through :func:`atomic_path`: the artefact is written to a temporary
 file beside its destination and renamed into place only when complete, so a crash or a
 full disk never leaves a half-written artefact that a later stage could read back.
+
+An artefact's :func:`identity` hashes its stage, the params it depends on and the
+SHA-256 of its inputs; the :class:`Manifest` (``<run_dir>/manifest.json``) records every
+artefact with its identity, inputs and bytes' SHA-256, plus the run's
+:func:`provenance`, so stages reuse exactly what is still valid (see :mod:`xalign.runs`).
 """
 
 from __future__ import annotations
@@ -10,13 +16,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
 import torch
+
+log = logging.getLogger("xalign.store")
 
 
 class ArtefactError(ValueError):
@@ -151,3 +162,214 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- identity
+def content_sha256(obj: Any) -> str:
+    """SHA-256 of a value's content, stable across processes and platforms.
+
+    DataFrames hash their column names, dtypes and values (``pandas.util.hash_pandas_object``,
+    index excluded); tensors their dtype, shape and bytes; other values their canonical JSON
+    (dict keys sorted). Containers may nest these.
+    """
+    import numpy as np
+
+    def enc(x: Any) -> Any:
+        if isinstance(x, pd.DataFrame):
+            h = hashlib.sha256(json.dumps([list(map(str, x.columns)), [str(t) for t in x.dtypes]]).encode())
+            if len(x):
+                h.update(pd.util.hash_pandas_object(x, index=False).to_numpy().tobytes())
+            return {"__frame__": h.hexdigest(), "rows": len(x)}
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            return {"__tensor__": hashlib.sha256(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+                    .hexdigest(), "dtype": str(t.dtype), "shape": list(t.shape)}
+        if isinstance(x, np.ndarray):
+            return {"__array__": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
+                    "dtype": str(x.dtype), "shape": list(x.shape)}
+        if isinstance(x, dict):
+            return {str(k): enc(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [enc(v) for v in x]
+        if hasattr(x, "__dataclass_fields__"):
+            from dataclasses import asdict
+            return enc(asdict(x))
+        if isinstance(x, Path):
+            return str(x)
+        if isinstance(x, (np.integer, np.floating, np.bool_)):
+            return x.item()
+        return x
+
+    blob = json.dumps(enc(obj), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def identity(stage: str, config: Any, inputs: dict[str, str] | None = None) -> str:
+    """An artefact's identity: SHA-256 over its stage, the params that affect it and its inputs.
+
+    Args:
+        stage: the stage that writes the artefact (e.g. ``"probing"``).
+        config: the parameters the artefact depends on (JSON-able; order of dict keys is
+            irrelevant). Parameters that cannot change the result (batch sizes, thread
+            counts, progress bars) belong elsewhere.
+        inputs: name -> SHA-256 of every input: artefact files (:meth:`Manifest.sha256`),
+            data files, checkpoint weights (``weights_sha256``).
+
+    Returns:
+        64 hex digits. Equal identities mean the artefact would be recomputed identically
+        (given a deterministic stage), so a stage may reuse it (:meth:`Manifest.is_current`).
+    """
+    return content_sha256({"stage": stage, "config": config, "inputs": dict(sorted((inputs or {}).items()))})
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    """(bytes, newest mtime in ns) of a file, or of all files under a folder."""
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()]
+        return sum(p.stat().st_size for p in files), max((p.stat().st_mtime_ns for p in files), default=0)
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def path_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, or of a folder: each file's relative name and SHA-256, in name order."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(path).as_posix()}\0{file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class Manifest:
+    """The run's record of every artefact: identity, inputs, params, SHA-256, and the run's provenance.
+
+    One JSON file, ``<run_dir>/manifest.json``, rewritten atomically after every artefact,
+    so a run killed at any point keeps a consistent record. Keys are artefact paths
+    relative to the run folder (POSIX). An entry holds ``stage``, ``identity``
+    (:func:`identity`), ``config`` (the params it depends on), ``inputs`` (name -> SHA-256),
+    ``sha256``, ``bytes``, ``mtime_ns`` and ``written`` (UTC). ``run`` holds the
+    provenance of the last stage run (:func:`provenance`) and ``stages`` one summary per
+    stage. A stage reuses an artefact only if :meth:`is_current`: the file exists, its
+    entry has the identity the stage would give it now, and its bytes are those recorded.
+    """
+
+    run_dir: Path
+    artefacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> "Manifest":
+        """Read ``<run_dir>/manifest.json``, or start an empty manifest.
+
+        An unreadable manifest is not fatal: it is set aside as ``manifest.json.corrupt``
+        with a warning, and every artefact is recomputed (nothing unverified is reused).
+        """
+        run_dir = Path(run_dir)
+        f = run_dir / MANIFEST_NAME
+        if not f.is_file():
+            return cls(run_dir)
+        try:
+            obj = read_json(f)
+            return cls(run_dir, dict(obj["artefacts"]), dict(obj.get("run", {})), dict(obj.get("stages", {})))
+        except (ArtefactError, KeyError, TypeError) as e:
+            log.warning("%s: unreadable manifest (%s); set aside, artefacts will be recomputed", f, e)
+            os.replace(f, f.with_name(MANIFEST_NAME + ".corrupt"))
+            return cls(run_dir)
+
+    def key(self, path: str | Path) -> str:
+        """Manifest key of ``path``: relative to the run folder (may start with ``..``)."""
+        p = Path(path)
+        p = p if p.is_absolute() else self.run_dir / p
+        return Path(os.path.relpath(p, self.run_dir)).as_posix()
+
+    def _unchanged(self, key: str, entry: dict[str, Any]) -> bool:
+        p = self.run_dir / key
+        if not p.exists():
+            return False
+        size, mtime = _stat(p)
+        if (size, mtime) == (entry.get("bytes"), entry.get("mtime_ns")):
+            return True
+        if size != entry.get("bytes"):
+            return False
+        same = path_sha256(p) == entry.get("sha256")
+        if same:  # touched but identical: refresh the stat so the next check is cheap
+            entry["mtime_ns"] = mtime
+        return same
+
+    def is_current(self, path: str | Path, ident: str) -> bool:
+        """True if ``path`` exists, was recorded with identity ``ident``, and is unchanged since."""
+        entry = self.artefacts.get(self.key(path))
+        return bool(entry) and entry.get("identity") == ident and self._unchanged(self.key(path), entry)
+
+    def sha256(self, path: str | Path) -> str:
+        """SHA-256 of an artefact: the recorded one if the file is unchanged, else computed."""
+        k = self.key(path)
+        entry = self.artefacts.get(k)
+        if entry and self._unchanged(k, entry):
+            return entry["sha256"]
+        p = self.run_dir / k
+        if not p.exists():
+            raise ArtefactError(f"{p}: missing artefact (run the stage that writes it first)")
+        return path_sha256(p)
+
+    def record(self, path: str | Path, stage: str, ident: str, config: Any = None,
+               inputs: dict[str, str] | None = None, save: bool = True) -> str:
+        """Record a just-written artefact (file or folder) and save the manifest; returns its SHA-256."""
+        k = self.key(path)
+        p = self.run_dir / k
+        size, mtime = _stat(p)
+        sha = path_sha256(p)
+        self.artefacts[k] = {"stage": stage, "identity": ident, "config": config, "inputs": dict(inputs or {}),
+                             "sha256": sha, "bytes": size, "mtime_ns": mtime,
+                             "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if save:
+            self.save()
+        return sha
+
+    def save(self) -> Path:
+        """Write ``manifest.json`` atomically."""
+        return write_json({"run": self.run, "stages": self.stages, "artefacts": dict(sorted(self.artefacts.items()))},
+                          self.run_dir / MANIFEST_NAME)
+
+
+PROVENANCE_PACKAGES = ("xalign", "torch", "transformers", "tokenizers", "peft", "bitsandbytes", "safetensors",
+                       "numpy", "pandas", "pyarrow", "scipy", "statsmodels", "conllu", "ud-compatibility",
+                       "gguf", "matplotlib", "papermill", "jupytext", "pydantic")
+
+
+def provenance(seed: int | None = None) -> dict[str, Any]:
+    """Where and with what a stage ran: git commit (and whether the tree was dirty), Python,
+    platform, installed versions of :data:`PROVENANCE_PACKAGES`, torch threads and device, seed."""
+    import platform
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    repo = Path(__file__).resolve().parents[2]
+    commit = dirty = None
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        if commit:
+            st = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10).stdout
+            dirty = bool(st.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    versions = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"seed": seed, "git_commit": commit, "git_dirty": dirty, "python": sys.version.split()[0],
+            "platform": platform.platform(), "packages": versions, "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -1,0 +1,212 @@
+"""Runs: resume after SIGKILL, determinism, reuse by artefact identity, bad input at stage level.
+
+The reference is the uninterrupted ``run_all.sh`` run of ``params/minimal.yaml`` (the
+``minimal_run`` session fixture, also checked by the end-to-end test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from xalign import runs
+from xalign.params import load_params
+from xalign.store import ArtefactError, load_tensors, save_tensors
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["pretrain", "data_prep", "extraction", "probing", "overlap", "transfer", "correlation", "figures"]
+_DRIVER = ("import sys; from xalign.params import load_params; from xalign import runs; "
+           "P = load_params(sys.argv[1]); [getattr(runs, 'run_' + s)(P) for s in sys.argv[2:]]")
+
+
+def _params_file(tmp: Path) -> Path:
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "params" / "minimal.yaml").read_text())
+    cfg["params"]["runs_dir"] = str(tmp / "runs")
+    cfg["params"]["figures_dir"] = str(tmp / "figures")
+    f = tmp / "minimal.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    return f
+
+
+def _run_until(pfile: Path, watch: Path, timeout: float = 600) -> None:
+    """Start every stage in a subprocess; SIGKILL it as soon as ``watch`` holds a file."""
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(pfile), *STAGES], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.monotonic()
+    try:
+        while not (watch.is_dir() and any(p.is_file() for p in watch.rglob("*"))):
+            if proc.poll() is not None:
+                raise AssertionError(f"run ended (rc {proc.returncode}) before {watch} was written: "
+                                     + proc.stderr.read().decode()[-2000:])
+            assert time.monotonic() - t0 < timeout, f"{watch} not written within {timeout} s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _summaries(stdout: str) -> dict[str, tuple[int, int]]:
+    """``{stage: (computed, reused)}`` from the stages' one-line summaries."""
+    out = {}
+    for line in stdout.splitlines():
+        if line.startswith("[") and "] computed " in line:
+            stage, rest = line[1:].split("] computed ", 1)
+            computed, reused = rest.split(";")[0].split(", reused ")
+            out[stage] = (int(computed), int(reused))
+    return out
+
+
+def _tables(run: Path) -> dict[str, pd.DataFrame]:
+    keys = {"probing/selections.parquet": ["checkpoint", "layer", "attribute", "language"],
+            "probing/paths.parquet": ["checkpoint", "layer", "attribute", "language", "step_k"],
+            "overlap/pairs.parquet": ["checkpoint", "layer", "attribute", "lang_a", "lang_b"],
+            "transfer/results.parquet": ["checkpoint", "task", "language"],
+            "correlation/table1.parquet": None}
+    out = {}
+    for rel, by in keys.items():
+        df = pd.read_parquet(run / rel)
+        out[rel] = (df.sort_values(by) if by else df).reset_index(drop=True)
+    return out
+
+
+@pytest.mark.e2e
+def test_killed_and_resumed_run_equals_uninterrupted_run(minimal_run: Path, tmp_path: Path) -> None:
+    """SIGKILL during extraction, then during probing, then during transfer; a final start
+    completes. Every table equals the uninterrupted papermill run's exactly: the run resumes
+    correctly, and two runs with the same params and seed give identical checkpoints,
+    vectors, neuron sets and numbers on CPU."""
+    pfile = _params_file(tmp_path)
+    run = tmp_path / "runs" / "minimal"
+    _run_until(pfile, run / "vectors")
+    _run_until(pfile, run / "probing" / "parts")
+    _run_until(pfile, run / "transfer" / "parts")
+    done = subprocess.run([sys.executable, "-c", _DRIVER, str(pfile), *STAGES], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summ = _summaries(done.stdout)
+    assert summ["pretrain"] == (0, 3) and summ["data_prep"] == (0, 4) and summ["extraction"] == (0, 9)
+    assert summ["probing"][1] > 0 and summ["transfer"][1] >= 1  # resumed, not restarted
+    assert not [p for p in run.rglob("*.tmp")], "a temporary file was left behind"
+
+    ref = minimal_run / "runs" / "minimal"
+    w = lambda r: [c["weights_sha256"] for c in json.loads((r / "checkpoints.json").read_text())]
+    assert w(run) == w(ref)
+    for f in sorted((ref / "vectors").rglob("*.safetensors")):
+        a, _ = load_tensors(f)
+        b, _ = load_tensors(run / f.relative_to(ref))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    got, want = _tables(run), _tables(ref)
+    for rel in want:
+        pd.testing.assert_frame_equal(got[rel], want[rel], check_exact=True, obj=rel)
+
+
+@pytest.fixture()
+def run_copy(minimal_run: Path, tmp_path: Path):
+    """A copy of the finished minimal run and a params loader pointing at it."""
+    shutil.copytree(minimal_run / "runs", tmp_path / "runs")
+    shutil.copytree(minimal_run / "figures", tmp_path / "figures")
+
+    def params(**overrides):
+        return load_params(REPO / "params" / "minimal.yaml",
+                           overrides={"runs_dir": str(tmp_path / "runs"), "figures_dir": str(tmp_path / "figures"),
+                                      **overrides})
+    return tmp_path / "runs" / "minimal", params
+
+
+def _counts(s: runs.StageSummary) -> tuple[int, int]:
+    return s.computed, s.reused
+
+
+def test_a_parameter_change_recomputes_only_what_depends_on_it(run_copy) -> None:
+    run, params = run_copy
+    P = params()
+    # same params: the papermill run's artefacts are all reused (the run folder can move)
+    assert _counts(runs.run_pretrain(P)) == (0, 3)
+    assert _counts(runs.run_data_prep(P)) == (0, 4)
+    assert _counts(runs.run_extraction(P)) == (0, 9)
+    n_probes = runs.run_probing(P).reused
+    assert n_probes > 0 and _counts(runs.run_overlap(P))[0] == 0
+    assert _counts(runs.run_correlation(P))[0] == 0
+    before = pd.read_parquet(run / "probing" / "selections.parquet")
+
+    # probe.k: probing and overlap recomputed; extraction untouched
+    P = params(**{"probe.k": 2})
+    assert _counts(runs.run_extraction(P)) == (0, 9)
+    assert _counts(runs.run_probing(P)) == (n_probes, 0)
+    after = pd.read_parquet(run / "probing" / "selections.parquet")
+    assert (after.neurons.map(len) == 2).all() and (before.neurons.map(len) == 3).all()
+    n_pairs = runs.run_overlap(P).computed
+    assert n_pairs > 0
+
+    # overlap.alpha: only the overlap
+    P = params(**{"probe.k": 2, "overlap.alpha": 0.01})
+    assert _counts(runs.run_probing(P)) == (0, n_probes)
+    assert _counts(runs.run_overlap(P)) == (n_pairs, 0)
+
+    # data.min_count: words tables reused, labels rebuilt
+    P = params(**{"data.min_count": 6})
+    assert _counts(runs.run_data_prep(P)) == (1, 3)
+
+    # an artefact changed on disk behind the manifest's back is not trusted
+    f = run / "overlap" / "pairs.parquet"
+    f.write_bytes(f.read_bytes()[:-10])
+    assert runs.run_overlap(params(**{"probe.k": 2, "overlap.alpha": 0.01})).computed == n_pairs
+
+
+def test_corrupt_vectors_file_is_extracted_again(run_copy) -> None:
+    run, params = run_copy
+    f = run / "vectors" / "step-000015" / "fr.safetensors"
+    good = {k: v.clone() for k, v in load_tensors(f)[0].items()}  # loaded tensors map the file
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated
+    with pytest.raises(ArtefactError, match=f"{f}: corrupt or truncated"):
+        load_tensors(f)
+    assert _counts(runs.run_extraction(params())) == (1, 8)
+    again, _ = load_tensors(f)
+    assert all(torch.equal(good[k], again[k]) for k in good)
+
+
+@pytest.mark.parametrize("key, layers", [("extraction.layers", [2, 7]), ("extraction.sweep_layers", [1, 9])])
+def test_layer_out_of_range_is_one_line_and_writes_no_vectors(run_copy, key, layers) -> None:
+    run, params = run_copy
+    before = {p: p.stat().st_mtime_ns for p in (run / "vectors").rglob("*")}
+    manifest = (run / "manifest.json").read_text()
+    with pytest.raises(ValueError) as e:
+        runs.run_extraction(params(**{key: layers}))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{key}: layer(s) [{layers[-1]}] out of range") and "1..3" in msg
+    assert {p: p.stat().st_mtime_ns for p in (run / "vectors").rglob("*")} == before
+    vec = lambda m: {k: v for k, v in json.loads(m)["artefacts"].items() if k.startswith("vectors/")}
+    assert vec((run / "manifest.json").read_text()) == vec(manifest) and len(vec(manifest)) == 9
+
+
+def test_hidden_size_mismatch_between_vectors_files(run_copy) -> None:
+    run, params = run_copy
+    f = run / "vectors" / "step-000040" / "fr.safetensors"
+    tensors, meta = load_tensors(f)
+    narrow = {k: (v[:, :32].contiguous() if k.startswith("layer_") else v) for k, v in tensors.items()}
+    save_tensors(narrow, f, {**meta, "hidden_size": 32})
+    parts = {p: p.stat().st_mtime_ns for p in (run / "probing").rglob("*.parquet")}
+    with pytest.raises(ArtefactError) as e:
+        runs.run_probing(params())
+    assert str(e.value) == (f"{f}: hidden size 32 differs from 64 in the same checkpoint's other vectors "
+                            "(artefacts of different models; re-run extraction)")
+    save_tensors(narrow, f, meta)  # layers 32 wide, metadata says 64
+    with pytest.raises(ArtefactError, match=r"fr.safetensors: layer_\d has shape \(\d+, 32\), but the file's "
+                                            r"hidden_size is 64"):
+        runs.run_probing(params())
+    # nothing written: neither fr's part nor the stage's tables
+    assert {p: p.stat().st_mtime_ns for p in (run / "probing").rglob("*.parquet")} == parts
