@@ -9,9 +9,10 @@ import conllu
 import pytest
 import torch
 
-from xalign import lab
+from xalign import extraction, lab
 from xalign.checkpoints import hidden_size, num_hidden_states
-from xalign.extraction import extract_word_vectors, words_to_subwords
+from xalign.extraction import (decoder_blocks, extract_word_vectors, layer_hidden_states,
+                               words_to_subwords)
 
 UD_FILES = [("UD_English-GUM", "en_gum-ud-dev.conllu"), ("UD_Vietnamese-VTB", "vi-ud-dev.conllu"),
             ("UD_Chinese-GSD", "zh-ud-dev.conllu"), ("UD_Arabic-PUD", "ar_pud-ud-test.conllu")]
@@ -46,6 +47,18 @@ def model(tokenizer):
     torch.manual_seed(0)
     cfg = BloomConfig(vocab_size=len(tokenizer), hidden_size=32, n_layer=2, n_head=4)
     return AutoModel.from_config(cfg, attn_implementation="eager").eval()
+
+
+@pytest.fixture(scope="module")
+def gemma(tokenizer):
+    """A tiny random Gemma 3 (sliding and full attention layers, GQA, sdpa)."""
+    from transformers import AutoModel, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    return AutoModel.from_config(cfg).eval()
 
 
 def _flat(sentences):
@@ -100,6 +113,94 @@ def test_bad_mode_and_input(model, tokenizer):
         extract_word_vectors(model, tokenizer, [["a"], ["b", 3]], [1])
 
 
+def test_per_word_pieces_of_repeated_words(tokenizer):
+    # each distinct form is tokenised once: repeats must get the same pieces as alone
+    words = ["the", "the", "Hà Nội", "", "the", "我们", "Hà Nội"]
+    ids, wids = words_to_subwords(tokenizer, words, "per_word")
+    for i, w in enumerate(words):
+        alone = tokenizer(w, add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id]
+        assert [t for t, j in zip(ids, wids) if j == i] == alone
+
+
+def test_multiword_tokens_are_read_as_syntactic_words(data_root, model, tokenizer):
+    from xalign.data import find_treebank_files, read_treebank
+
+    files = find_treebank_files(data_root, "es", treebank="UD_Spanish-GSD")  # AnCora writes de + el apart
+    sents = read_treebank(files, max_sentences=40, seed=0)
+    with_mwt = [s for s in sents if any((w.mwt_form or "").lower() in ("del", "al") for w in s.words)][:4]
+    assert with_mwt  # "del" = de + el, "al" = a + el are frequent in Spanish
+    words = [[w.form for w in s.words] for s in with_mwt]
+    for s, ws in zip(with_mwt, words):
+        mwt = [i for i, w in enumerate(s.words) if w.mwt_form]
+        assert any(ws[i] == "el" for i in mwt)
+        for mode in ("per_word", "sentence"):
+            ids, wids = words_to_subwords(tokenizer, ws, mode)
+            for i in mwt:  # each syntactic word (de, el) has pieces of its own, spelling its form
+                assert tokenizer.decode([t for t, j in zip(ids, wids) if j == i]).strip() == ws[i]
+    for mode in ("per_word", "sentence"):
+        got = extract_word_vectors(model, tokenizer, words, [2], mode=mode)
+        assert got.vectors[2].shape[0] == len(_flat(words))  # one vector per syntactic word
+
+
+# ---- hidden states of the requested layers only ----------------------------------------------
+
+@pytest.mark.parametrize("which", ["bloom", "gemma"])
+def test_early_stop_hooks_equal_output_hidden_states(request, which):
+    m = request.getfixturevalue("model" if which == "bloom" else which)
+    n = num_hidden_states(m)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, m.config.vocab_size, (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    ref = m(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert len(ref) == n
+    subsets = [c for k in range(1, n + 1) for c in itertools.combinations(range(1, n + 1), k)]
+    for layers in subsets:
+        got = layer_hidden_states(m, ids, mask, list(layers))
+        assert sorted(got) == list(layers)  # only the requested layers are kept
+        for l in layers:
+            assert torch.equal(got[l], ref[l - 1]), (which, layers, l)
+
+
+@pytest.mark.parametrize("which", ["bloom", "gemma"])
+def test_early_stop_runs_no_block_above_the_top_layer(request, which, tokenizer, sentences):
+    m = request.getfixturevalue("model" if which == "bloom" else which)
+    n = num_hidden_states(m)
+    blocks = decoder_blocks(m)
+    assert blocks is not None and len(blocks) == n - 1
+    calls = [0] * len(blocks)
+
+    def count(k):  # batches of 4 and 2 sentences; the one-sentence self-check runs every block
+        return lambda mod, args, out: calls.__setitem__(k, calls[k] + (args[0].shape[0] > 1))
+    hooks = [b.register_forward_hook(count(k)) for k, b in enumerate(blocks)]
+    try:
+        for top in range(1, n + 1):
+            calls[:] = [0] * len(blocks)
+            got = extract_word_vectors(m, tokenizer, sentences[:6], [1, top], batch_size=4, max_length=2048)
+            ran = [k for k, c in enumerate(calls) if c]
+            assert ran == list(range(top - 1 if top < n else n - 1)), (top, calls)
+            assert got.n_blocks_run == len(ran)
+            full = extract_word_vectors(m, tokenizer, sentences[:6], [1, top], batch_size=4, max_length=2048,
+                                        early_stop=False)
+            for l in {1, top}:
+                torch.testing.assert_close(got.vectors[l], full.vectors[l], atol=1e-6, rtol=0)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def test_hooks_that_disagree_fall_back_to_output_hidden_states(model, tokenizer, sentences, monkeypatch):
+    blocks = decoder_blocks(model)
+    # a wrong block stack (reversed): the self-check on the shortest sentence must catch it
+    monkeypatch.setattr(extraction, "decoder_blocks", lambda m: torch.nn.ModuleList(list(blocks)[::-1]))
+    with pytest.warns(RuntimeWarning, match="disagree"):
+        got = extract_word_vectors(model, tokenizer, sentences[:6], [2], max_length=2048)
+    monkeypatch.undo()
+    ref = extract_word_vectors(model, tokenizer, sentences[:6], [2], max_length=2048, early_stop=False)
+    torch.testing.assert_close(got.vectors[2], ref.vectors[2], atol=1e-6, rtol=0)
+
+
 # ---- extraction --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["per_word", "sentence"])
@@ -114,6 +215,16 @@ def test_batching_and_padding_do_not_change_vectors(model, tokenizer, sentences,
         assert one.vectors[layer].shape == (len(one.word_index), hidden_size(model))
         assert one.vectors[layer].dtype == torch.float32
         torch.testing.assert_close(one.vectors[layer], many.vectors[layer], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["per_word", "sentence"])
+def test_gemma_vectors_equal_reference_path(gemma, tokenizer, sentences, mode):
+    n = num_hidden_states(gemma)
+    kw = dict(mode=mode, max_length=2048)
+    ours = extract_word_vectors(gemma, tokenizer, sentences, [2, n - 1], batch_size=8, **kw)
+    ref = extract_word_vectors(gemma, tokenizer, sentences, [2, n - 1], batch_size=1, early_stop=False, **kw)
+    for l in (2, n - 1):
+        torch.testing.assert_close(ours.vectors[l], ref.vectors[l], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("mode", ["per_word", "sentence"])
@@ -174,6 +285,20 @@ def test_long_sentences_are_skipped_and_counted(model, tokenizer, sentences):
     torch.testing.assert_close(got.vectors[2], full.vectors[2][[pos[w] for w in expect]], atol=1e-5, rtol=0)
 
 
+def test_sentences_beyond_the_model_context_are_skipped(tokenizer, sentences):
+    from transformers import AutoModel, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=24)
+    m = AutoModel.from_config(cfg).eval()
+    lengths = [len(words_to_subwords(tokenizer, s, "sentence")[0]) for s in sentences]
+    assert min(lengths) <= 24 < max(lengths)
+    got = extract_word_vectors(m, tokenizer, sentences, [2], max_length=2048)
+    assert got.n_sentences_skipped == sum(n > 24 for n in lengths)
+    assert len(got.word_index) == sum(len(s) for s, n in zip(sentences, lengths) if n <= 24)
+
+
 def test_bf16_autocast_is_close(model, tokenizer, sentences):
     fp = extract_word_vectors(model, tokenizer, sentences[:10], [3])
     bf = extract_word_vectors(model, tokenizer, sentences[:10], [3], bf16=True)
@@ -193,7 +318,7 @@ def test_nan_hidden_states_name_the_layer(model, tokenizer, sentences):
         bad.h[1].mlp.dense_4h_to_h.bias.fill_(float("nan"))
     ok = extract_word_vectors(bad, tokenizer, sentences[:3], [1, 2])  # block 2 feeds only ℓ = 3
     assert torch.isfinite(ok.vectors[2]).all()
-    with pytest.raises(FloatingPointError, match="layer 3"):
+    with pytest.raises(FloatingPointError, match=r"layer 3: .* first: sentence 0, word 0"):
         extract_word_vectors(bad, tokenizer, sentences[:3], [1, 3])
 
 

@@ -7,23 +7,57 @@ hidden state at that layer::
     h_ℓ(w) = (1/|S(w)|) Σ_{t ∈ S(w)} hidden_states[ℓ-1][t]
 
 with ℓ = 1 the embedding output and ℓ = num_hidden_states the last hidden state (after
-the final layer norm for BLOOM). Two ways of getting S(w):
+the final norm: ``ln_f`` for BLOOM, ``norm`` for Gemma). Two ways of getting S(w)
+(``extraction.tokenization`` in the run params):
 
 * ``per_word`` - every word form is tokenised on its own, without special tokens, and
-  the pieces of a sentence are concatenated (the paper's code did this; a byte-level
-  BPE then never sees the leading space of a word);
+  the pieces of a sentence are concatenated. The paper's code did this (its
+  ``subword_tokenize``: ``tokenizer.tokenize(form)`` per UD word), so a byte-level BPE
+  never sees the space before a word: ``"cat"`` is cut as at the start of a text, not as
+  ``"Ġcat"``, the piece the model saw in running text during pre-training. Default of
+  the BLOOM reproduction params.
 * ``sentence`` - the running text ``" ".join(words)`` is tokenised once with
   ``return_offsets_mapping`` and pieces are mapped back to words by character offsets;
-  a piece that covers only a space belongs to the following word.
+  a piece that covers only a space belongs to the following word. The model reads its
+  input as it read its pre-training text. Default elsewhere.
 
 In both modes the tokenizer's own special tokens (none for BLOOM, ``<bos>`` for Gemma)
-wrap the sentence and are not part of any word.
+wrap the sentence and are not part of any word. The choice matters: for Gemma 3 270M
+(150 sentences per language, 13 languages; ``benchmarks/compare_tokenization.py``, details
+in ``params/gemma-270m.yaml``) ``per_word`` cuts 38% of the probed words differently
+(1.94 vs 1.60 pieces per word), lowers the probes' test MI (0.36 vs 0.45 bits) and the
+mean overlap rate over all layers (0.151 vs 0.176), and shares only 39% of the selected
+neurons with ``sentence`` (71% between two probe seeds).
+
+Multiword tokens (UD range lines, e.g. Spanish ``del`` = ``de`` + ``el``) are read as
+their syntactic words (:mod:`xalign.data` keeps the syntactic words and records the
+surface form in ``mwt_form``), so labels (on syntactic words) and vectors line up one to
+one, in both modes: ``per_word`` tokenises ``de`` and ``el``; ``sentence`` tokenises the
+text ``"... de el ..."``; each syntactic word gets its own vector. This is also what
+stage 5 (zero-shot POS transfer, :func:`xalign.data.read_pos_sentences`) feeds the
+model. (The paper's code, Stańczak et al.'s ``preprocess_treebank.py``, instead kept the
+surface token ``del``, labelled with the UniMorph attributes that exactly one of its
+syntactic words carries, and dropped the syntactic words; a data-stage choice.)
+
+Sentences longer than ``max_length`` tokens, or than the model's context
+(``max_position_embeddings`` of its config, if it has one), are skipped and counted
+(:attr:`Extracted.n_sentences_skipped`), as the paper's code skipped sentences of 2048 or
+more subwords.
+
+Speed (``benchmarks/bench_extraction.py``): sentences are tokenised in one batch call
+(``per_word``: each distinct form once), sorted by length, right-padded into batches with
+an attention mask and run under ``torch.inference_mode`` (optionally bf16 autocast)
+without a KV cache. Forward pre-hooks on the decoder blocks keep only the requested
+layers, and the pass stops after the highest one (:func:`layer_hidden_states`); pooling
+is one ``index_add_`` per layer and batch over all words of the batch.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -44,10 +78,13 @@ class Extracted:
         vectors: layer ℓ -> ``(n_kept_words, d)`` float32, row i = word ``word_index[i]``.
         word_index: ``(n_kept_words,)`` int64, ascending; index into the flattened word
             list of all input sentences (skipped sentences' words are missing).
-        n_sentences_skipped: sentences with more than ``max_length`` tokens (not extracted).
+        n_sentences_skipped: sentences with more than ``max_length`` tokens, or more than
+            the model's ``max_position_embeddings`` (not extracted).
         n_words_total: words in all input sentences (kept or not).
         n_sentences_per_word_fallback: ``sentence``-mode sentences in which some word got
             no piece of its own and which were therefore encoded ``per_word``.
+        n_blocks_run: decoder blocks run per forward pass (fewer than the model has when
+            the highest requested layer is below the last: the pass stops there).
     """
 
     vectors: dict[int, torch.Tensor]
@@ -55,6 +92,7 @@ class Extracted:
     n_sentences_skipped: int
     n_words_total: int
     n_sentences_per_word_fallback: int = 0
+    n_blocks_run: int | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -72,15 +110,41 @@ def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
+def _word_pieces(tokenizer, words: Sequence[str]) -> list[list[int]]:
+    """Subword ids of every word tokenised on its own, without special tokens.
+
+    Each distinct form is tokenised once (UD text repeats function words and
+    punctuation: 300 sentences of the 13 treebanks have 6,668 words, 3,739 distinct).
+    A fast tokenizer is called through its Rust backend (``encode_batch_fast``), which
+    is what ``tokenizer(list, add_special_tokens=False)`` calls after its Python checks;
+    a slow one through its batch call. Same ids as ``tokenizer(w, add_special_tokens=
+    False)["input_ids"]`` per word: checked on the first 16 distinct forms, the batch
+    call is used for all if they differ (a tokenizer doing work in Python).
+    """
+    unique = list(dict.fromkeys(words))
+    if not unique:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
+    ids = None
+    if encode is not None:
+        ids = [e.ids for e in encode(unique, add_special_tokens=False)]
+        if [list(x) for x in tokenizer(unique[:16], add_special_tokens=False)["input_ids"]] != ids[:16]:
+            ids = None
+    if ids is None:
+        ids = tokenizer(unique, add_special_tokens=False)["input_ids"]
+    table = dict(zip(unique, ids))
+    return [table[w] for w in words]
+
+
 def _encode_per_word(tokenizer, sentences: Sequence[Sequence[str]], affixes) -> list[tuple[list[int], list[int]]]:
     prefix, suffix = affixes
-    flat = [w for s in sentences for w in s]
-    pieces = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    pieces = _word_pieces(tokenizer, [w for s in sentences for w in s])
     out, k = [], 0
     for s in sentences:
         ids, wids = list(prefix), [-1] * len(prefix)
         for i, w in enumerate(s):
-            p = list(pieces[k])
+            p = pieces[k]
             k += 1
             if not p:
                 # e.g. an empty form: the word still gets one vector, from <unk>
@@ -201,14 +265,18 @@ def words_to_subwords(tokenizer, words: Sequence[str], mode: str) -> tuple[list[
 
 
 # ---------------------------------------------------------------------------------------
-# extraction
+# hidden states of the requested layers only
 # ---------------------------------------------------------------------------------------
 
 def check_layers(model, layers: Sequence[int]) -> list[int]:
     """Validate layer numbers ℓ against ``1..num_hidden_states(model)``.
 
+    Returns:
+        The layers, sorted, without duplicates.
+
     Raises:
-        ValueError: a layer out of range or not an int (names it and the valid range).
+        ValueError: a layer out of range or not an int (names it and the valid range),
+            or no layer.
     """
     n = num_hidden_states(model)
     out = []
@@ -222,12 +290,139 @@ def check_layers(model, layers: Sequence[int]) -> list[int]:
     return sorted(set(out))
 
 
+def context_length(model) -> int | None:
+    """The longest input the model's (text) config allows: ``max_position_embeddings``.
+
+    ``None`` if the config has none (BLOOM: ALiBi positions, trained on 2048 tokens).
+    """
+    config = getattr(model, "config", model)
+    get = getattr(config, "get_text_config", None)
+    n = getattr(get() if callable(get) else config, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def decoder_blocks(model) -> torch.nn.ModuleList | None:
+    """The stack of decoder blocks whose inputs are ``hidden_states[0..L-1]``, or ``None``.
+
+    The shallowest ``nn.ModuleList`` of the base model with ``L = num_hidden_states - 1``
+    modules of one class (``h`` for BLOOM, ``layers`` for Gemma, Llama, Pythia).
+    ``None`` if there is none (:func:`layer_hidden_states` then falls back to
+    ``output_hidden_states=True``).
+    """
+    base = getattr(model, "base_model", model)
+    n = num_hidden_states(model) - 1
+    best = None
+    for name, m in base.named_modules():
+        if isinstance(m, torch.nn.ModuleList) and n > 0 and len(m) == n and len({type(b) for b in m}) == 1:
+            if best is None or name.count(".") < best[0].count("."):
+                best = (name, m)
+    return best[1] if best else None
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook to end a forward pass after the highest requested layer."""
+
+
+def _forward_kwargs(base) -> dict:
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"use_cache": False} if "use_cache" in params else {}
+
+
+def layer_hidden_states(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    layers: Sequence[int],
+    *,
+    early_stop: bool = True,
+) -> dict[int, torch.Tensor]:
+    """``hidden_states[ℓ-1]`` of one forward pass, for the requested layers ℓ only.
+
+    With ``early_stop`` (and a :func:`decoder_blocks` stack), forward pre-hooks on the
+    decoder blocks capture the block inputs (``hidden_states[i]`` is the input of block
+    i, i < L, in transformers' BLOOM and Gemma 3 code) and the pass is stopped in the
+    pre-hook of block ``max(layers) - 1``, so the blocks above the highest requested layer
+    never run. ℓ = num_hidden_states, the output of the final norm, needs the full pass
+    and is read from ``last_hidden_state``. No other layer is kept and no KV cache is
+    built (``use_cache=False``). Without ``early_stop`` this is the reference
+    ``model(..., output_hidden_states=True).hidden_states`` (what the paper's code read);
+    the two agree exactly (tested on BLOOM and Gemma 3 configs).
+
+    Args:
+        model: a transformers model (a ``*ForCausalLM`` is reduced to its base model).
+        input_ids: ``(B, T)`` int64 token ids.
+        attention_mask: ``(B, T)`` 1 = token, 0 = padding, or ``None``.
+        layers: layers ℓ in ``1..num_hidden_states(model)``.
+        early_stop: use the hooks (default); ``False`` for the reference path.
+
+    Returns:
+        ``{ℓ: (B, T, d)}`` in the model's (or autocast) dtype, on the model's device.
+
+    Raises:
+        ValueError: a layer out of range.
+        RuntimeError: the model returned a different number of hidden states than its
+            config implies (reference path).
+    """
+    layers = check_layers(model, layers)
+    blocks = decoder_blocks(model) if early_stop else None
+    base = getattr(model, "base_model", model)
+    return _hidden_states(base, num_hidden_states(model), blocks, _forward_kwargs(base), input_ids, attention_mask,
+                          layers)
+
+
+def _hidden_states(base, n_hs: int, blocks, fkw: dict, input_ids, attention_mask, layers: list[int]):
+    """:func:`layer_hidden_states` with its per-model look-ups done once by the caller."""
+    kw = dict(input_ids=input_ids, attention_mask=attention_mask, **fkw)
+    if blocks is None:
+        hs = base(**kw, output_hidden_states=True).hidden_states
+        if len(hs) != n_hs:
+            raise RuntimeError(f"model returned {len(hs)} hidden_states, config says {n_hs}")
+        return {l: hs[l - 1] for l in layers}
+
+    captured: dict[int, torch.Tensor] = {}
+    top = layers[-1]
+
+    def capture(l: int):
+        def hook(module, args, kwargs):
+            captured[l] = args[0] if args else kwargs["hidden_states"]
+            if l == top:
+                raise _StopForward
+        return hook
+
+    handles = [blocks[l - 1].register_forward_pre_hook(capture(l), with_kwargs=True) for l in layers if l < n_hs]
+    try:
+        out = base(**kw)
+        captured[n_hs] = out[0] if isinstance(out, tuple) else out.last_hidden_state
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return {l: captured[l] for l in layers}
+
+
+def _hooks_agree(base, n_hs: int, blocks, fkw: dict, ids: torch.Tensor, layers: list[int]) -> bool:
+    """Early-stop hooks give the reference hidden states on one (short) sentence ``(1, T)``."""
+    mask = torch.ones_like(ids)
+    a = _hidden_states(base, n_hs, blocks, fkw, ids, mask, layers)
+    b = _hidden_states(base, n_hs, None, fkw, ids, mask, layers)
+    return all(a[l].shape == b[l].shape and torch.allclose(a[l].float(), b[l].float(), rtol=1e-4, atol=1e-5,
+                                                           equal_nan=True) for l in layers)
+
+
 def _pad_id(tokenizer) -> int:
     for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
         if t is not None:
             return int(t)
     return 0
 
+
+# ---------------------------------------------------------------------------------------
+# extraction
+# ---------------------------------------------------------------------------------------
 
 def extract_word_vectors(
     model,
@@ -239,6 +434,7 @@ def extract_word_vectors(
     batch_size: int = 32,
     max_length: int = 256,
     bf16: bool = False,
+    early_stop: bool = True,
 ) -> Extracted:
     """Word vectors at layers ℓ: the mean of each word's subword hidden states.
 
@@ -246,18 +442,25 @@ def extract_word_vectors(
     Stańczak et al. 2022, Sec. 4), with S(w) from :func:`words_to_subwords`. Sentences
     are sorted by token length (longest first), batched, right-padded with an attention
     mask (for a causal LM right padding leaves every real position's hidden state
-    unchanged) and run under ``torch.inference_mode`` (optionally bf16 autocast). Pooling
-    is in float32.
+    unchanged) and run under ``torch.inference_mode`` (optionally bf16 autocast) through
+    :func:`layer_hidden_states`, which keeps only the requested layers and stops after the
+    highest. Pooling is in float32: one ``index_add_`` per layer and batch. The first
+    call checks the early-stop hooks against ``output_hidden_states=True`` on the
+    shortest sentence and falls back to the latter (with a warning) if they disagree.
 
     Args:
         model: a transformers model (a ``*ForCausalLM`` is reduced to its base model).
         tokenizer: its tokenizer.
-        sentences: word forms per sentence, e.g. UD FORMs.
+        sentences: word forms per sentence, e.g. UD FORMs (syntactic words).
         layers: layers ℓ in ``1..num_hidden_states(model)``.
         mode: ``"sentence"`` (default) or ``"per_word"``.
         batch_size: sentences per forward pass.
-        max_length: sentences with more tokens than this are skipped and counted.
-        bf16: run the forward pass under bfloat16 autocast.
+        max_length: sentences with more tokens than this (or than the model's
+            ``max_position_embeddings``, if smaller) are skipped and counted.
+        bf16: run the forward pass under bfloat16 autocast (fast only on CPUs/GPUs with
+            bf16 units; the 2-core EPYC of the project has none).
+        early_stop: stop each pass after the highest requested layer (default); ``False``
+            runs the full pass with ``output_hidden_states=True``. Same vectors.
 
     Returns:
         :class:`Extracted`: vectors ``{ℓ: (n_kept_words, d)}`` with d =
@@ -266,7 +469,8 @@ def extract_word_vectors(
     Raises:
         ValueError: a layer out of range (names it and the valid range), unknown mode,
             bad batch_size/max_length, malformed sentences.
-        FloatingPointError: NaN/inf in the hidden states (names the layer).
+        FloatingPointError: NaN/inf in the hidden states of a word (names the layer and
+            the sentence).
     """
     if batch_size < 1 or max_length < 1:
         raise ValueError(f"batch_size/max_length: must be >= 1, got {batch_size}/{max_length}")
@@ -279,56 +483,72 @@ def extract_word_vectors(
         word_start.append(pos)
         pos += len(s)
     n_words_total = pos
-    kept = [i for i, (ids, _, _) in enumerate(encoded) if len(sentences[i]) and len(ids) <= max_length]
-    n_skipped = sum(1 for i, (ids, _, _) in enumerate(encoded) if len(sentences[i]) and len(ids) > max_length)
+    limit = min(max_length, context_length(model) or max_length)
+    kept = [i for i, (ids, _, _) in enumerate(encoded) if len(sentences[i]) and len(ids) <= limit]
+    n_skipped = sum(1 for i, (ids, _, _) in enumerate(encoded) if len(sentences[i]) and len(ids) > limit)
     n_fallback = sum(1 for i in kept if encoded[i][2])
     word_index = torch.tensor([word_start[i] + j for i in kept for j in range(len(sentences[i]))], dtype=torch.long)
-    row_of_sentence = {}
-    r = 0
+
+    # per kept sentence: token ids and, per token, its output row (-1: special token)
+    tok_t, row_t, r = {}, {}, 0
     for i in kept:
-        row_of_sentence[i] = r
+        ids, wids, _ = encoded[i]
+        tok_t[i] = torch.tensor(ids, dtype=torch.long)
+        w = torch.tensor(wids, dtype=torch.long)
+        row_t[i] = torch.where(w >= 0, w + r, -1)
         r += len(sentences[i])
+    counts = torch.zeros(len(word_index), dtype=torch.float32)
+    if kept:
+        all_rows = torch.cat([row_t[i] for i in kept])
+        all_rows = all_rows[all_rows >= 0]
+        counts.index_add_(0, all_rows, torch.ones(len(all_rows)))
+    if len(counts) and counts.min() < 1:  # guaranteed by words_to_subwords; guard anyway
+        raise RuntimeError("internal: a kept word received no subword")
 
     sums = {l: torch.zeros(len(word_index), d, dtype=torch.float32) for l in layers}
-    counts = torch.zeros(len(word_index), dtype=torch.float32)
     base = getattr(model, "base_model", model)
     device = next(model.parameters()).device
     pad = _pad_id(tokenizer)
-    order = sorted(kept, key=lambda i: (-len(encoded[i][0]), i))
+    order = sorted(kept, key=lambda i: (-len(tok_t[i]), i))
     batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
+    blocks = decoder_blocks(model) if early_stop else None
+    fkw = _forward_kwargs(base)
     was_training = base.training
     base.eval()  # no dropout; the mode is restored below
     try:
         with torch.inference_mode(), amp:
+            shortest = tok_t[order[-1]][None].to(device) if order else None
+            if blocks is not None and shortest is not None and not _hooks_agree(base, n_hs, blocks, fkw, shortest,
+                                                                                 layers):
+                warnings.warn(f"{type(base).__name__}: early-stop hooks disagree with output_hidden_states; "
+                              "extracting with output_hidden_states=True", RuntimeWarning, stacklevel=2)
+                blocks = None
             for batch in progress(batches, desc="extract", total=len(batches)):
-                T = max(len(encoded[i][0]) for i in batch)
-                ids = torch.full((len(batch), T), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), T), dtype=torch.long)
-                rows = torch.full((len(batch), T), -1, dtype=torch.long)
-                for b, i in enumerate(batch):
-                    tok, wids, _ = encoded[i]
-                    ids[b, :len(tok)] = torch.tensor(tok)
-                    mask[b, :len(tok)] = 1
-                    w = torch.tensor(wids)
-                    rows[b, :len(tok)] = torch.where(w >= 0, w + row_of_sentence[i], -1)
-                out = base(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
-                hs = out.hidden_states
-                if len(hs) != n_hs:
-                    raise RuntimeError(f"model returned {len(hs)} hidden_states, config says {n_hs}")
-                sel = rows >= 0
-                tgt = rows[sel]
+                ids = torch.nn.utils.rnn.pad_sequence([tok_t[i] for i in batch], batch_first=True, padding_value=pad)
+                rows = torch.nn.utils.rnn.pad_sequence([row_t[i] for i in batch], batch_first=True, padding_value=-1)
+                mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(tok_t[i]) for i in batch], batch_first=True)
+                flat = rows.view(-1)
+                at = (flat >= 0).nonzero().squeeze(1)
+                tgt = flat[at]
+                hs = _hidden_states(base, n_hs, blocks, fkw, ids.to(device), mask.to(device), layers)
+                at_dev = at.to(device)
                 for l in layers:
-                    h = hs[l - 1][sel.to(hs[l - 1].device)].float().cpu()
-                    if not torch.isfinite(h).all():
-                        raise FloatingPointError(f"layer {l}: hidden_states[{l - 1}] has NaN/inf values "
-                                                 f"(sentences {batch[:5]}{'...' if len(batch) > 5 else ''})")
+                    h = hs[l].reshape(-1, hs[l].shape[-1]).index_select(0, at_dev).float().cpu()
                     sums[l].index_add_(0, tgt, h)
-                counts.index_add_(0, tgt, torch.ones(len(tgt)))
     finally:
         base.train(was_training)
-    if len(counts) and counts.min() < 1:  # guaranteed by words_to_subwords; guard anyway
-        raise RuntimeError("internal: a kept word received no subword")
-    vectors = {l: sums[l] / counts[:, None] for l in layers}
+    vectors = {l: sums[l].div_(counts[:, None]) for l in layers}
+    for l in layers:
+        if torch.isfinite(vectors[l].sum()):  # one reduction; NaN/inf propagate into the sum
+            continue
+        bad = (~torch.isfinite(vectors[l])).any(1).nonzero()
+        if len(bad):
+            w = int(word_index[int(bad[0])])
+            s = bisect.bisect_right(word_start, w) - 1
+            raise FloatingPointError(f"layer {l}: hidden_states[{l - 1}] has NaN/inf values "
+                                     f"({len(bad)} words; first: sentence {s}, word {w - word_start[s]})")
+    n_blocks = (layers[-1] - 1 if layers[-1] < n_hs else n_hs - 1) if blocks is not None else n_hs - 1
     return Extracted(vectors=vectors, word_index=word_index, n_sentences_skipped=n_skipped,
-                     n_words_total=n_words_total, n_sentences_per_word_fallback=n_fallback)
+                     n_words_total=n_words_total, n_sentences_per_word_fallback=n_fallback,
+                     n_blocks_run=n_blocks)

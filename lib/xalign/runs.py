@@ -389,8 +389,21 @@ def run_extraction(P: RunParams) -> StageSummary:
 
 
 # ----------------------------------------------------------------------------- stage 3
-def _dataset(labels: pd.DataFrame, tensors: dict[str, torch.Tensor], layer: int):
-    """Join one (language, attribute)'s labels with its word vectors -> per-split (X, y)."""
+def probe_splits(labels: pd.DataFrame, tensors: dict[str, torch.Tensor], layer: int
+                 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[str]]:
+    """Join one (language, attribute)'s labels with its word vectors: the probe's datasets.
+
+    Args:
+        labels: rows of ``data/labels.parquet`` for one language and attribute
+            (``sent_idx, word_idx, value, split``).
+        tensors: a vectors file's tensors (``layer_<l>``: (n_words, d), ``sent_idx``, ``word_idx``).
+        layer: ℓ, as in the paper (1 = embedding output).
+
+    Returns:
+        ``({"train"|"dev"|"test": (X (n, d) float, y (n,) int64)}, values)`` with ``y``
+        indexing the sorted attribute ``values``. Labelled words without a vector (in
+        sentences skipped at extraction) are dropped.
+    """
     key = pd.DataFrame({"sent_idx": tensors["sent_idx"].numpy(), "word_idx": tensors["word_idx"].numpy()})
     key["row"] = range(len(key))
     m = labels.merge(key, on=["sent_idx", "word_idx"], how="inner")
@@ -434,7 +447,7 @@ def _probe_unit(P: RunParams, cfg, c: dict, lang: str, attrs: list[str], labels:
     for attr in attrs:
         lab = labels[labels.attribute == attr]
         for layer in meta["layers"]:
-            splits, values = _dataset(lab, tensors, layer)
+            splits, values = probe_splits(lab, tensors, layer)
             (Xtr, ytr), (Xdv, ydv), (Xte, yte) = splits["train"], splits["dev"], splits["test"]
             if len(ytr) < pp.min_train_examples or len(ydv) == 0 or len(yte) == 0:
                 skipped.append(f"{c['name']}/L{layer}/{attr}/{lang}: {len(ytr)} train, {len(ydv)} dev, "
