@@ -5,21 +5,28 @@ d=1024, 17 classes (Zipf-like label frequencies, as for UPOS). 48 informative di
 class means, 48 distractor dims are noisy copies of them, the rest is Gaussian noise of
 varying scale. Prints wall times of
 
-* probe training (default :class:`xalign.probe.ProbeConfig`),
+* probe training (default :class:`xalign.probe.ProbeConfig`: minibatches of 1024) and,
+  with ``--full-batch``, the same with ``batch_size=None`` (the default before minibatches;
+  it stops at the 300-epoch cap here);
 * greedy selection k=50 (:func:`xalign.selection.greedy_select`), with and without the
   bound-based pruning,
 * a naive greedy that recomputes the full masked forward pass for every candidate,
   timed on ``--naive-steps`` steps and extrapolated linearly in the number of candidate
   evaluations (printed as such),
 
-their ratio, and the peak resident memory (``resource.getrusage``).
+their ratio, the peak resident memory (``resource.getrusage``) and the 1-minute load
+average before and after (the machine is shared: compare timings only at low load).
 
-Usage: ``python benchmarks/bench_probe_selection.py [--threads T] [--naive-steps S]``
+Usage: ``python benchmarks/bench_probe_selection.py [--threads T] [--naive-steps S] [--full-batch]``
+
+On a shared machine use ``--threads 1``: with 2 OpenMP threads and another process busy
+on one of the 2 cores, probe training ran 18x slower (283 s vs 15.7 s) than with 1 thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -69,6 +76,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--naive-steps", type=int, default=2)
     ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--full-batch", action="store_true", help="also time ProbeConfig(batch_size=None)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,15 +86,21 @@ def main() -> None:
     Xte, yte = X[24_000:], y[24_000:]
     d, C = X.shape[1], 17
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; "
-          f"train {tuple(Xtr.shape)}, dev {tuple(Xdev.shape)}, C={C}")
+          f"train {tuple(Xtr.shape)}, dev {tuple(Xdev.shape)}, C={C}; load average {os.getloadavg()[0]:.2f}")
 
-    t, cpu = time.perf_counter(), time.process_time()
-    probe = train_probe(Xtr, ytr, C, ProbeConfig(seed=0))
-    t_train, cpu_train = time.perf_counter() - t, time.process_time() - cpu
-    h = probe.history[probe.best_epoch]
-    print(f"probe training: {t_train:.2f} s wall, {cpu_train:.2f} s CPU ({len(probe.history)} epochs, "
-          f"best {probe.best_epoch}, {t_train / len(probe.history) * 1e3:.0f} ms/epoch; "
-          f"held-out log-lik {h['held_out_loglik']:.4f} nats)")
+    configs = [("default", ProbeConfig(seed=0))]
+    if args.full_batch:
+        configs.append(("full batch", ProbeConfig(seed=0, batch_size=None)))
+    for name, cfg in configs:
+        t, cpu = time.perf_counter(), time.process_time()
+        p = train_probe(Xtr, ytr, C, cfg)
+        t_train, cpu_train = time.perf_counter() - t, time.process_time() - cpu
+        h = p.history[p.best_epoch]
+        print(f"probe training ({name}, batch_size={cfg.batch_size}): {t_train:.2f} s wall, {cpu_train:.2f} s CPU "
+              f"({len(p.history)} epochs, best {p.best_epoch}, {t_train / len(p.history) * 1e3:.0f} ms/epoch; "
+              f"held-out log-lik under q {h['held_out_loglik']:.4f} nats)", flush=True)
+        if name == "default":
+            probe = p
 
     t, cpu = time.perf_counter(), time.process_time()
     res = greedy_select(probe, Xdev, ydev, k=args.k, X_test=Xte, y_test=yte)
@@ -98,8 +112,9 @@ def main() -> None:
     hits = len(set(res.neurons) & set(inf.tolist()))
     print(f"greedy k={args.k} without pruning (every candidate scored): {t_exh:.2f} s wall, "
           "same picks")
-    print(f"greedy k={args.k}: {t_greedy:.2f} s wall, {cpu_greedy:.2f} s CPU; dev MI {res.dev_mi[-1]:.3f} (all dims {res.dev_mi_all:.3f}), "
-          f"acc {res.dev_acc[-1]:.3f} (all {res.dev_acc_all:.3f}); {hits}/{args.k} picks informative")
+    print(f"greedy k={args.k}: {t_greedy:.2f} s wall, {cpu_greedy:.2f} s CPU; dev MI {res.dev_mi[-1]:.3f} "
+          f"(all dims on {res.dev_mi_all:.3f}), acc {res.dev_acc[-1]:.3f} (all {res.dev_acc_all:.3f}); "
+          f"{hits}/{args.k} picks informative")
 
     picks, evals, t_naive = naive_greedy_steps(probe, Xdev, ydev, args.naive_steps)
     assert picks == res.neurons[:args.naive_steps], (picks, res.neurons[:args.naive_steps])
@@ -116,7 +131,7 @@ def main() -> None:
     print(f"weight-mass baseline k={args.k}: {t_wm:.2f} s; dev MI {wm.dev_mi[-1]:.3f}, "
           f"{len(set(wm.neurons) & set(inf.tolist()))}/{args.k} picks informative")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: {peak:.0f} MiB")
+    print(f"peak RSS: {peak:.0f} MiB; load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -18,6 +19,7 @@ from xalign.probe import (
     held_out_log_lik,
     held_out_split,
     label_prior,
+    train_l2_probe,
     train_linear_probe,
     train_probe,
 )
@@ -179,31 +181,52 @@ def test_reference_entropy_scale_keeps_marginals_near_half():
     assert h["train_elbo"] - h["train_loglik"] == pytest.approx(h["entropy"], rel=1e-3)
 
 
-def test_same_seed_is_bitwise_reproducible_and_seed_matters():
+@pytest.mark.parametrize("batch_size", [None, 64])
+def test_same_seed_is_bitwise_reproducible_and_seed_matters(batch_size):
     X, y = planted(300, 20, 3, [1, 5], 1.0, seed=5)
-    cfg = ProbeConfig(max_epochs=40, seed=11)
+    cfg = ProbeConfig(max_epochs=40, seed=11, batch_size=batch_size)
     a, b = train_probe(X, y, 3, cfg), train_probe(X, y, 3, cfg)
     for name in ("W", "b", "phi", "label_prior"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert a.history == b.history and a.best_epoch == b.best_epoch
-    c = train_probe(X, y, 3, ProbeConfig(max_epochs=40, seed=12))
+    c = train_probe(X, y, 3, ProbeConfig(max_epochs=40, seed=12, batch_size=batch_size))
     assert not torch.equal(a.phi, c.phi)
 
 
-def test_early_stopping_restores_best_parameters():
-    # few examples, many noise dims, large steps: the held-out log-lik peaks early, then falls
-    X, y = planted(120, 200, 3, [0, 1], 1.0, seed=6)
-    cfg = ProbeConfig(lr=0.1, max_epochs=500, patience=15, held_out_fraction=0.25, seed=3)
+def test_batch_size_at_least_n_is_full_batch():
+    X, y = planted(200, 10, 3, [1, 5], 1.0, seed=5)
+    full = train_probe(X, y, 3, ProbeConfig(max_epochs=15, batch_size=None))
+    big = train_probe(X, y, 3, ProbeConfig(max_epochs=15, batch_size=10**6))
+    assert torch.equal(full.W, big.W) and torch.equal(full.phi, big.phi)
+    mini = train_probe(X, y, 3, ProbeConfig(max_epochs=15, batch_size=50))
+    assert not torch.equal(full.W, mini.W)
+
+
+@pytest.mark.parametrize("batch_size", [None, 32])
+def test_early_stopping_restores_best_parameters(batch_size):
+    # few examples, noise dims, large steps: the held-out log-lik peaks, then falls
+    X, y = planted(200, 60, 3, [0, 1], 1.5, seed=6)
+    cfg = ProbeConfig(lr=0.05, max_epochs=300, patience=15, held_out_fraction=0.25, seed=3,
+                      batch_size=batch_size)
     probe = train_probe(X, y, 3, cfg)
     hist = [h["held_out_loglik"] for h in probe.history]
     assert len(hist) < cfg.max_epochs, "early stopping did not trigger"
     assert len(hist) == probe.best_epoch + cfg.patience + 1
-    assert probe.best_epoch < len(hist) - 1
+    assert 0 < probe.best_epoch < len(hist) - 1
     assert hist[probe.best_epoch] == max(hist)
-    _, ho = held_out_split(120, 0.25, 3)
+    _, ho = held_out_split(200, 0.25, 3)
     got = held_out_log_lik(probe, X[ho], y[ho], seed=3)
     assert got == pytest.approx(hist[probe.best_epoch], abs=1e-6)
     assert got > hist[-1] + 1e-3  # not the last epoch's parameters
+    # φ too: the restored marginals are those of the best epoch, not of the last one
+    marg = [h["mean_marginal"] for h in probe.history]
+    assert float(probe.marginals.mean()) == marg[probe.best_epoch] != marg[-1]
+    # bitwise: training with the same seed for exactly best_epoch + 1 epochs ends at the
+    # restored W, b and φ (the random stream does not depend on max_epochs)
+    stop = train_probe(X, y, 3, dataclasses.replace(cfg, max_epochs=probe.best_epoch + 1))
+    assert stop.best_epoch == probe.best_epoch
+    for name in ("W", "b", "phi"):
+        assert torch.equal(getattr(probe, name), getattr(stop, name)), name
 
 
 def test_held_out_split_is_seeded_and_disjoint():
@@ -247,3 +270,36 @@ def test_standardize_uses_train_statistics_only():
     assert torch.allclose(zdv, expected)  # dev uses the train mean/std, not its own
     with pytest.raises(ValueError, match=r"expected \(M, 5\)"):
         standardize(Xtr, torch.zeros(3, 4))
+
+
+# ---- L2 reference probe ----------------------------------------------------------------
+
+def test_l2_probe_is_converged_and_picks_l2_on_held_out():
+    X, y = planted(400, 60, 3, [2, 9, 30], 1.5, seed=9)
+    probe = train_l2_probe(X, y, 3, ProbeConfig(seed=2), l2_grid=(0.001, 1.0, 0.01, 0.1))
+    lams = [h["l2"] for h in probe.history]
+    assert lams == [1.0, 0.1, 0.01, 0.001]  # strong to weak (warm starts)
+    ho = [h["held_out_loglik"] for h in probe.history]
+    assert probe.best_epoch == ho.index(max(ho))
+    lam = lams[probe.best_epoch]
+    # on 60 dims with 360 training examples some shrinkage beats the weakest penalty
+    assert lam > 0.001, ho
+    # stationarity of the refitted objective on all of X: its gradient (float64 autograd) is ~0
+    W = probe.W.double().requires_grad_(True)
+    b = probe.b.double().requires_grad_(True)
+    nll = -torch.log_softmax(X.double() @ W + b, 1).gather(1, y[:, None]).mean()
+    (nll + 0.5 * lam * W.pow(2).sum()).backward()
+    assert float(W.grad.abs().max()) < 1e-4 and float(b.grad.abs().max()) < 1e-4
+    assert torch.all(torch.isinf(probe.phi)) and torch.equal(probe.label_prior, label_prior(y, 3))
+    # it predicts the planted attribute on fresh data
+    Xn, yn = planted(500, 60, 3, [2, 9, 30], 1.5, seed=10)
+    assert float((probe.log_probs(Xn).argmax(1) == yn).float().mean()) > 0.85
+    # deterministic
+    again = train_l2_probe(X, y, 3, ProbeConfig(seed=2), l2_grid=(0.001, 1.0, 0.01, 0.1))
+    assert torch.equal(again.W, probe.W)
+    with pytest.raises(ValueError, match="l2_grid must be"):
+        train_l2_probe(X, y, 3, l2_grid=(0.1, 0.0))
+    with pytest.raises(ValueError, match="n_classes must be"):
+        train_l2_probe(X, y, 1)
+    with pytest.raises(ValueError, match=r"y has labels in \[0, 2\], expected \[0, 2\)"):
+        train_l2_probe(X, y, 2)

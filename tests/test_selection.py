@@ -9,12 +9,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xalign.probe import LatentProbe, ProbeConfig, label_prior, train_probe
+from xalign.probe import L2_GRID, LatentProbe, ProbeConfig, label_prior, train_l2_probe, train_probe
 from xalign.selection import (
+    RetrainedMI,
     SelectionResult,
     accuracy,
     greedy_select,
     normalised_mi,
+    retrained_mi,
     weight_mass_select,
 )
 
@@ -67,7 +69,8 @@ def test_greedy_recovers_planted_dims_among_1024(planted_1024):
     res = greedy_select(probe, X[1500:1900], y[1500:1900], k=8, X_test=X[1900:], y_test=y[1900:])
     assert isinstance(res, SelectionResult) and res.method == "greedy"
     precision = len(set(res.neurons) & set(inf)) / 8
-    assert precision >= 7 / 8, (res.neurons, inf)
+    assert precision >= 7 / 8, f"precision@8 = {precision:.3f}: {res.neurons} vs planted {sorted(inf)}"
+    assert not set(res.neurons) & set(dis), "a distractor (noisy copy of a planted dim) was picked"
     assert len(set(res.neurons)) == 8
     # the path: MI / accuracy grow over the planted picks, end near the all-dims probe
     assert res.dev_loglik == sorted(res.dev_loglik)
@@ -99,15 +102,18 @@ def test_weight_mass_baseline_same_interface(planted_1024):
 
 
 def test_weak_dims_only_separate_together():
-    """20 dims each carry a weak signal (alone ~65% accuracy); only together do they separate."""
+    """20 of d = 1024 dims each carry a weak signal (alone ~66% accuracy, Bayes rate Φ(0.4));
+    only together do they separate the classes (Bayes rate Φ(0.4 √20) ≈ 96%)."""
     g = torch.Generator().manual_seed(1)
-    n, d, dims = 2500, 80, list(range(0, 80, 4))
+    n_tr, n, d = 3000, 4500, 1024
+    dims = torch.randperm(d, generator=g)[:20].tolist()
     y = torch.randint(0, 2, (n,), generator=g)
     X = torch.randn(n, d, generator=g)
     X[:, dims] += 0.4 * (2 * y[:, None].float() - 1)
-    probe = train_probe(X[:1500], y[:1500], 2)
-    res = greedy_select(probe, X[1500:], y[1500:], k=20)
-    assert len(set(res.neurons) & set(dims)) >= 18, res.neurons
+    probe = train_probe(X[:n_tr], y[:n_tr], 2)
+    res = greedy_select(probe, X[n_tr:], y[n_tr:], k=20)
+    precision = len(set(res.neurons) & set(dims)) / 20
+    assert precision >= 0.9, f"precision@20 = {precision:.2f}: {res.neurons} vs {sorted(dims)}"
     assert res.dev_acc[0] < 0.7  # one dim alone is weak
     assert res.dev_acc[-1] > 0.93  # all of them together separate the classes
     assert res.dev_mi[-1] > 4 * res.dev_mi[0]
@@ -205,7 +211,8 @@ def test_selection_input_errors():
 # ---- properties ------------------------------------------------------------------------
 
 small = dict(d=st.integers(2, 16), n=st.integers(3, 30), C=st.integers(2, 4), seed=st.integers(0, 10**6))
-prop = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+prop = settings(max_examples=40, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _data(d, n, C, seed):
@@ -264,3 +271,98 @@ def test_each_step_is_at_least_as_good_as_any_other_single_addition(d, n, C, see
         if max(cand) > prev + 1e-5:
             assert res.dev_loglik[t] > prev
         prev = res.dev_loglik[t]
+
+
+# ---- all-d reference: retrained probes ---------------------------------------------------
+
+def test_retrained_mi_gives_a_meaningful_all_d_reference(planted_1024):
+    """The all-d reference MI (L2 probe retrained on all 1024 dims) is >= the top-k MI up to a
+    small tolerance (over-fitting 1024 weights on 1500 words), on held-out test data."""
+    X, y, inf, dis, probe = planted_1024
+    res = greedy_select(probe, X[1500:1900], y[1500:1900], k=8, X_test=X[1900:], y_test=y[1900:])
+    ref = retrained_mi(X[:1500], y[:1500], 4, res.neurons, X[1500:1900], y[1500:1900],
+                       X[1900:], y[1900:], config=ProbeConfig(seed=0))
+    assert isinstance(ref, RetrainedMI) and ref.neurons == res.neurons
+    assert ref.test_mi_all >= ref.test_mi_subset - 0.05, ref
+    assert ref.test_mi_all >= res.test_mi[-1] - 0.05, (ref, res.test_mi[-1])
+    # the planted dims carry (nearly) all the information, so the subset probe is close to it
+    assert ref.test_mi_subset > 0.9 and ref.test_acc_subset > 0.95
+    assert ref.l2_all in L2_GRID and ref.l2_subset in L2_GRID
+    # the numbers are those of the documented probe, scored on the documented sets
+    idx = torch.tensor(res.neurons)
+    sub = train_l2_probe(X[:1500][:, idx], y[:1500], 4, ProbeConfig(seed=0))
+    lp = sub.log_probs(X[1900:][:, idx])
+    assert ref.test_mi_subset == pytest.approx(normalised_mi(lp, y[1900:], sub.label_prior))
+    assert ref.dev_acc_subset == pytest.approx(accuracy(sub.log_probs(X[1500:1900][:, idx]), y[1500:1900]))
+
+
+def test_retrained_mi_without_test_and_input_errors():
+    X, y, inf, _ = planted_with_distractors(300, 12, 3, 3, seed=5)
+    ref = retrained_mi(X[:200], y[:200], 3, inf, X[200:], y[200:])
+    assert ref.test_mi_all is None and ref.test_acc_subset is None
+    assert ref.dev_acc_subset > 0.8 and math.isfinite(ref.dev_mi_all)
+    cases = [
+        (dict(neurons=[1, 1]), "repeated dimensions"),
+        (dict(neurons=[12]), r"ints in \[0, d=12\)"),
+        (dict(neurons=[]), "non-empty list"),
+        (dict(neurons=[0.0]), "non-empty list of ints"),
+        (dict(X_test=X[200:]), "give both X_test and y_test"),
+        (dict(X_dev=X[200:, :5]), "X_dev has 5 dims, the probe has 12"),
+        (dict(y_dev=y[200:] + 3), r"y_dev has labels in \[3, 5\]"),
+    ]
+    for kw, msg in cases:
+        args = dict(X_train=X[:200], y_train=y[:200], n_classes=3, neurons=inf, X_dev=X[200:], y_dev=y[200:]) | kw
+        with pytest.raises(ValueError, match=msg):
+            retrained_mi(**args)
+
+
+# ---- the issue's monotonicity property, where it must hold -----------------------------
+
+def bayes_case(d: int, n_planted: int, C: int, a: float, n: int, seed: int):
+    """Naive-Bayes data whose masked linear probe is the *exact* posterior for every subset.
+
+    ``x_j = a s_{j,y} + N(0, 1)`` on ``n_planted`` planted dims with class codes ``s = ±1``
+    (bit ``j mod B`` of y), N(0, 1) elsewhere. Since ``s² = 1``, ``log N(x_j; a s, 1) =
+    a s x_j + (terms free of y)``, so ``p(y | x_S) = softmax(log prior + Σ_{j∈S} a s_{j,y} x_j)``
+    = the probe ``W[j] = a s_{j,·}`` (planted), ``W[j] = 0`` (noise), ``b = log prior``,
+    with the unselected dims zeroed. Returns (probe, X, y, planted dims).
+    """
+    g = torch.Generator().manual_seed(seed)
+    B = max(1, math.ceil(math.log2(C)))
+    prior = torch.rand(C, generator=g) + 0.5
+    prior /= prior.sum()
+    y = torch.multinomial(prior, n, replacement=True, generator=g)
+    dims = torch.randperm(d, generator=g)[:n_planted]
+    S = torch.tensor([[2.0 * ((c >> (j % B)) & 1) - 1 for j in range(n_planted)] for c in range(C)])
+    X = torch.randn(n, d, generator=g)
+    X[:, dims] += a * S[y]
+    W = torch.zeros(d, C)
+    W[dims] = a * S.T
+    probe = LatentProbe(W=W, b=prior.log(), phi=torch.zeros(d), label_prior=prior, history=[], best_epoch=0)
+    return probe, X, y, dims.tolist()
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(C=st.integers(2, 4), n_planted=st.integers(1, 4), extra=st.integers(0, 8),
+       a=st.floats(0.3, 1.0), seed=st.integers(0, 10**6))
+def test_dev_loglik_does_not_decrease_when_the_probe_is_the_exact_posterior(C, n_planted, extra, a, seed):
+    """The issue's property "dev log-likelihood does not decrease along the greedy path".
+
+    Without retraining it is false in general (see test_greedy_path_can_decrease_without_
+    retraining). It must hold when the masked probe is the exact posterior p(y | x_S) for
+    every subset S: then the expected gain of adding a dim is the conditional mutual
+    information I(Y; X_j | X_S) >= 0 ("information never hurts"), and an ignored dim adds
+    exactly 0. On a finite dev set a gain is a sample mean, so the planted regime keeps
+    the expected gains well above their standard error (a <= 1, <= 4 planted dims, 4000
+    words; 1,500 random cases of this regime gave no decrease); the test is derandomised.
+    It also checks the path is not flat: the planted dims come first, each a strict gain,
+    then every noise dim adds exactly nothing.
+    """
+    d = n_planted + extra
+    probe, X, y, planted = bayes_case(d, n_planted, C, a, 4000, seed)
+    res = greedy_select(probe, X, y, k=d)
+    path = [float(torch.log_softmax(probe.b, 0)[y].to(torch.float64).mean())] + res.dev_loglik
+    assert all(b >= a_ for a_, b in zip(path, path[1:])), path
+    assert set(res.neurons[:n_planted]) == set(planted)
+    assert all(b > a_ for a_, b in zip(path[:n_planted + 1], path[1:n_planted + 1]))
+    assert path[n_planted + 1:] == [path[n_planted]] * extra
