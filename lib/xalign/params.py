@@ -144,18 +144,23 @@ class ProbeParams(_Strict):
     """Stage 3: latent-variable intrinsic probe (Stańczak et al. 2023) and greedy selection."""
 
     attributes: list[str] = Field(default_factory=lambda: ["Number", "Gender", "POS"])
-    k: int = Field(10, ge=1)
+    k: int = Field(50, ge=1)
     lr: float = Field(1e-2, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_epochs: int = Field(300, ge=1)
     patience: int = Field(20, ge=1)
-    batch_size: int | None = None
+    #: largest minibatch (the training split is cut into near-equal batches); None = full batch.
+    batch_size: int | None = Field(1024, ge=1)
     mc_samples: int = Field(4, ge=1)
     entropy_scale: Literal["per_example", "reference"] = "per_example"
     held_out_fraction: float = Field(0.1, gt=0, lt=1)
     min_train_examples: int = Field(50, ge=2)
     #: z-score each dimension with train statistics before probing (see probe.standardize).
     standardize: bool = True
+    #: also report MI of plain L2 probes retrained on the k selected neurons and on all d
+    #: (selection.retrained_mi): the meaningful all-d reference; the latent probe's own
+    #: all-d MI (dev_mi_all) is off its training distribution. Costs a few seconds a probe.
+    retrain: bool = True
 
 
 class OverlapParams(_Strict):

@@ -440,7 +440,7 @@ def _probe_unit(P: RunParams, cfg, c: dict, lang: str, attrs: list[str], labels:
                 skipped: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Probes and greedy selections for one (checkpoint, language): every attribute x layer."""
     from .probe import standardize, train_probe
-    from .selection import greedy_select
+    from .selection import greedy_select, retrained_mi
 
     pp = P.probe
     sel_rows, path_rows = [], []
@@ -467,6 +467,11 @@ def _probe_unit(P: RunParams, cfg, c: dict, lang: str, attrs: list[str], labels:
                              "dev_mi_all": res.dev_mi_all, "test_mi_all": res.test_mi_all,
                              "dev_acc_all": res.dev_acc_all, "test_acc_all": res.test_acc_all,
                              "best_epoch": probe.best_epoch})
+            if pp.retrain:
+                ref = retrained_mi(Xtr, ytr, len(values), list(res.neurons), Xdv, ydv, Xte, yte, config=cfg)
+                sel_rows[-1].update({f"{m}_retrained": getattr(ref, m) for m in (
+                    "dev_mi_subset", "test_mi_subset", "dev_acc_subset", "test_acc_subset",
+                    "dev_mi_all", "test_mi_all", "dev_acc_all", "test_acc_all", "l2_subset", "l2_all")})
             for i, n in enumerate(res.neurons):
                 path_rows.append({**ident, "step_k": i + 1, "neuron": int(n), "dev_loglik": res.dev_loglik[i],
                                   "dev_mi": res.dev_mi[i], "test_mi": res.test_mi[i],
@@ -477,6 +482,13 @@ def _probe_unit(P: RunParams, cfg, c: dict, lang: str, attrs: list[str], labels:
 def run_probing(P: RunParams) -> StageSummary:
     """Stage 3: one latent-variable probe per (checkpoint, layer, attribute, language), then
     greedy selection of the k most informative neurons on dev (Wang et al. 2024, Eq. 1-4).
+
+    ``selections.parquet`` has per probe the selected neurons and normalised MI / accuracy
+    on dev and test with the k neurons (``dev_mi`` ...) and with all d dimensions on
+    (``dev_mi_all`` ...; off the latent probe's training distribution, see
+    :mod:`xalign.probe`). With ``probe.retrain`` it also has ``*_subset_retrained`` and
+    ``*_all_retrained``: plain L2 probes retrained on the k neurons and on all d
+    (:func:`xalign.selection.retrained_mi`), the reference to compare k against all d.
 
     The unit of work and of reuse is one (checkpoint, language): its probes for every kept
     attribute and extracted layer, written to ``probing/parts/<checkpoint>/<lang>.*.parquet``
