@@ -52,7 +52,7 @@ import torch
 from .params import RunParams
 from .progress import progress
 from .store import (ArtefactError, Manifest, atomic_path, content_sha256, file_sha256, identity, load_tensors,
-                    provenance, read_json, read_table, save_tensors, write_json, write_table)
+                    path_sha256, provenance, read_json, read_table, save_tensors, write_json, write_table)
 
 log = logging.getLogger("xalign.runs")
 
@@ -85,10 +85,11 @@ class _Stage:
     t0: float
 
     def current(self, path: Path, ident: str) -> bool:
-        """True (and counted as reused) if ``path`` is in the manifest with identity ``ident``."""
+        """True if ``path`` is in the manifest with identity ``ident`` and unchanged on disk."""
         return self.m.is_current(path, ident)
 
     def record(self, path: Path, ident: str, config: Any = None, inputs: dict[str, str] | None = None) -> str:
+        """Record a just-written artefact of this stage in the manifest; returns its SHA-256."""
         return self.m.record(path, self.s.stage, ident, config, inputs)
 
 
@@ -144,7 +145,6 @@ def run_pretrain(P: RunParams) -> StageSummary:
     again (a killed pretraining restarts from step 0; each folder is written atomically).
     """
     from . import data, lab
-    from .store import path_sha256
 
     st = _start(P, "pretrain")
     s = st.s
