@@ -40,18 +40,27 @@ def _params_file(tmp: Path) -> Path:
     return f
 
 
-def _run_until(pfile: Path, watch: Path, timeout: float = 600) -> None:
-    """Start every stage in a subprocess; SIGKILL it as soon as ``watch`` holds a file."""
+def _run_until(pfile: Path, run: Path, prefix: str, timeout: float = 600) -> None:
+    """Start every stage in a subprocess; SIGKILL it as soon as the run's manifest records an
+    artefact whose path starts with ``prefix`` (so at least one unit of that stage is done and
+    the stage is still running)."""
     proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(pfile), *STAGES], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = run / "manifest.json"
     t0 = time.monotonic()
+
+    def recorded() -> bool:
+        try:
+            return any(k.startswith(prefix) for k in json.loads(manifest.read_text())["artefacts"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return False
     try:
-        while not (watch.is_dir() and any(p.is_file() for p in watch.rglob("*"))):
+        while not recorded():
             if proc.poll() is not None:
-                raise AssertionError(f"run ended (rc {proc.returncode}) before {watch} was written: "
+                raise AssertionError(f"run ended (rc {proc.returncode}) before {prefix} was recorded: "
                                      + proc.stderr.read().decode()[-2000:])
-            assert time.monotonic() - t0 < timeout, f"{watch} not written within {timeout} s"
-            time.sleep(0.05)
+            assert time.monotonic() - t0 < timeout, f"{prefix} not recorded within {timeout} s"
+            time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
@@ -91,16 +100,16 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(minimal_run: Path, tmp_
     vectors, neuron sets and numbers on CPU."""
     pfile = _params_file(tmp_path)
     run = tmp_path / "runs" / "minimal"
-    _run_until(pfile, run / "vectors")
-    _run_until(pfile, run / "probing" / "parts")
-    _run_until(pfile, run / "transfer" / "parts")
+    _run_until(pfile, run, "vectors/")
+    _run_until(pfile, run, "probing/parts/")
+    _run_until(pfile, run, "transfer/parts/")
     done = subprocess.run([sys.executable, "-c", _DRIVER, str(pfile), *STAGES], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summ = _summaries(done.stdout)
     assert summ["pretrain"] == (0, 3) and summ["data_prep"] == (0, 4) and summ["extraction"] == (0, 9)
     assert summ["probing"][1] > 0 and summ["transfer"][1] >= 1  # resumed, not restarted
-    assert not [p for p in run.rglob("*.tmp")], "a temporary file was left behind"
+    assert not [p for p in run.rglob("*.tmp")], "a killed run's temporary file was left behind"
 
     ref = minimal_run / "runs" / "minimal"
     w = lambda r: [c["weights_sha256"] for c in json.loads((r / "checkpoints.json").read_text())]

@@ -139,3 +139,13 @@ def test_provenance_names_versions_and_commit():
     assert p["seed"] == 7 and p["packages"]["torch"].startswith(torch.__version__.split("+")[0])
     assert p["git_commit"] is None or len(p["git_commit"]) == 40
     assert p["python"].count(".") == 2
+
+
+def test_stale_temporary_files_of_a_killed_writer_are_removed(tmp_path):
+    from xalign.store import remove_stale_temps
+
+    keep = write_json({"a": 1}, tmp_path / "sub" / "x.json")
+    (tmp_path / "sub" / ".x.json.k2j3.tmp").write_text("half")  # what SIGKILL inside atomic_path leaves
+    (tmp_path / ".y.parquet.abcd.tmp").write_bytes(b"PAR")
+    assert remove_stale_temps(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["x.json"] and keep.is_file()

@@ -52,7 +52,8 @@ import torch
 from .params import RunParams
 from .progress import progress
 from .store import (ArtefactError, Manifest, atomic_path, content_sha256, file_sha256, identity, load_tensors,
-                    path_sha256, provenance, read_json, read_table, save_tensors, write_json, write_table)
+                    path_sha256, provenance, read_json, read_table, remove_stale_temps, save_tensors, write_json,
+                    write_table)
 
 log = logging.getLogger("xalign.runs")
 
@@ -100,6 +101,9 @@ def _start(P: RunParams, stage: str) -> _Stage:
     torch.manual_seed(P.seed)
     if P.threads:
         torch.set_num_threads(P.threads)
+    stale = remove_stale_temps(run_dir)  # left by a killed run; never read back
+    if stale:
+        log.info("removed %d temporary files left by an interrupted run in %s", stale, run_dir)
     m = Manifest.open(run_dir)
     m.run = provenance(P.seed)
     return _Stage(P, run_dir, m, StageSummary(stage), time.perf_counter())

@@ -57,6 +57,18 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temps(folder: str | Path) -> int:
+    """Delete temporary files that :func:`atomic_path` left under ``folder`` when its process
+    was killed (``.<name>.<random>.tmp``; never read back). Only safe while no other process
+    writes there: a run folder has one writer at a time. Returns the number removed."""
+    n = 0
+    for p in Path(folder).rglob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def write_json(obj: Any, dest: str | Path) -> Path:
     """Write ``obj`` as indented UTF-8 JSON, atomically."""
     with atomic_path(dest) as tmp:
