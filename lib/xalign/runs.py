@@ -579,7 +579,6 @@ def run_overlap(P: RunParams) -> StageSummary:
     st = _start(P, "overlap")
     s, run_dir = st.s, st.run_dir
     f_sel = run_dir / "probing" / "selections.parquet"
-    sel = read_table(f_sel)
     config, inputs = _cfg(P.overlap), {"selections": st.m.sha256(f_sel)}
     ident = identity("overlap", config, inputs)
     f_pairs, f_avg = run_dir / "overlap" / "pairs.parquet", run_dir / "overlap" / "average.parquet"
@@ -587,7 +586,7 @@ def run_overlap(P: RunParams) -> StageSummary:
         pairs, avg = read_table(f_pairs), read_table(f_avg)
         s.reused = len(pairs)
     else:
-        pairs = overlap_pairs(sel, alpha=P.overlap.alpha)
+        pairs = overlap_pairs(read_table(f_sel), alpha=P.overlap.alpha)
         avg = average_overlap(pairs)
         write_table(pairs, f_pairs, csv=True)
         write_table(avg, f_avg, csv=True)
@@ -679,7 +678,6 @@ def run_correlation(P: RunParams) -> StageSummary:
         s.skipped.append("no transfer results to correlate with (transfer.tasks is empty)")
         return _finish(st)
     f_pairs, f_tr = run_dir / "overlap" / "pairs.parquet", run_dir / "transfer" / "results.parquet"
-    pairs, transfer = read_table(f_pairs), read_table(f_tr)
     ckpt_names = [c["name"] for c in _checkpoints(run_dir)]
     config = {"layers": list(P.extraction.layers), "checkpoints": ckpt_names}
     inputs = {"pairs": st.m.sha256(f_pairs), "transfer": st.m.sha256(f_tr)}
@@ -689,6 +687,7 @@ def run_correlation(P: RunParams) -> StageSummary:
         table = read_table(f_table)
         s.reused = len(table)
     else:
+        pairs, transfer = read_table(f_pairs), read_table(f_tr)
         pairs = pairs[pairs.layer.isin(P.extraction.layers)]  # the sweep exists on one checkpoint only
         table = correlation_table(pairs[pairs.checkpoint.isin(ckpt_names)], transfer)
         md = table1_markdown(table)
