@@ -16,8 +16,10 @@
 #
 # Following Stańczak et al. (2022) and Wang et al. (2024, Sec. 3):
 #
-# 1. read each language's UD treebank (CoNLL-U, syntactic words; multiword tokens are
-#    represented by their syntactic words),
+# 1. read each language's UD treebank (CoNLL-U). Multiword tokens (French *du* = *de* + *le*)
+#    become their syntactic words (`data.multiword_tokens: syntactic`, the default), or one
+#    word per surface token whose attributes are those exactly one of its syntactic words
+#    carries (`surface`, what the paper's code did; the BLOOM reproduction params use it),
 # 2. map UD FEATS to UniMorph features with the converter of McCarthy et al. (2018)
 #    (`ud-compatibility`), and group features into attributes (Number, Gender, POS, ...),
 # 3. pool the treebank's sentences and split 80/10/10 **by lemma** (all forms of a lemma in

@@ -146,6 +146,47 @@ def test_words_table_columns_and_unimorph(tmp_path):
     assert w[w.form == "el"].mwt_form.item() == "del"
 
 
+def test_words_table_surface_multiword_tokens(tmp_path):
+    # s3: two adjacent MWTs with the same surface form stay two rows (grouped by range, not form)
+    f = _write(tmp_path / "es-ud-dev.conllu", _SENT_MWT + _SENT_PLAIN + """# sent_id = s3
+1-2\tdel\t_\t_\t_\t_\t_\t_\t_\t_
+1\tde\tde\tADP\t_\tAdpType=Prep\t2\tcase\t_\t_
+2\tel\tel\tDET\t_\tGender=Masc|Number=Sing\t0\troot\t_\t_
+3-4\tdel\t_\t_\t_\t_\t_\t_\t_\t_
+3\tde\tde\tADP\t_\tAdpType=Prep\t4\tcase\t_\t_
+4\tel\tel\tDET\t_\tGender=Fem|Number=Plur\t2\tdet\t_\t_
+
+""")
+    sents = D.read_conllu(f)
+    assert [w.mwt_start for w in sents[0].words] == [None, 2, 2, None, None]
+    syn = D.words_table("es", sents)
+    sur = D.words_table("es", sents, multiword="surface")
+    assert sur[sur.sent_idx == 0].form.tolist() == ["Vino", "del", "mar", "."]
+    assert sur[sur.sent_idx == 0].word_idx.tolist() == [0, 1, 2, 3]
+    d = sur[(sur.sent_idx == 0) & (sur.word_idx == 1)].iloc[0]
+    assert (d.lemma, d.upos, d.mwt_form) == ("de+el", "ADP+DET", "del")
+    # POS is carried by both de and el: dropped; Gender, Number, Definiteness by el only: kept
+    assert D.attribute_values(frozenset(d.unimorph.split(";"))) == {"Gender": "MASC", "Number": "SG",
+                                                                   "Definiteness": "DEF"}
+    # words outside MWTs are the same rows in both modes
+    keep = ["form", "lemma", "upos", "feats", "unimorph"]
+    plain = syn[syn.mwt_form.isna()][keep].reset_index(drop=True)
+    assert plain.equals(sur[sur.mwt_form.isna()][keep].reset_index(drop=True))
+    s3 = sur[sur.sent_idx == 2]
+    assert s3.form.tolist() == ["del", "del"] and s3.unimorph.tolist() == ["MASC;SG", "FEM;PL"]
+    with pytest.raises(ValueError, match="data.multiword_tokens: unknown mode 'mwt'"):
+        D.words_table("es", sents, multiword="mwt")
+
+
+def test_merge_multiword_attributes_keeps_attributes_of_exactly_one_word():
+    m = D.merge_multiword_attributes
+    assert m([frozenset({"ADP"}), frozenset({"DET", "MASC", "SG"})]) == {"MASC", "SG"}
+    # same value on two words is still dropped (the reference rule)
+    assert m([frozenset({"V", "SG"}), frozenset({"PRO", "SG", "ACC"})]) == {"ACC"}
+    assert m([frozenset({"N", "IN+ESS"})]) == {"N", "ESS+IN"}
+    assert m([]) == frozenset()
+
+
 def test_split_by_lemma_partition_and_fractions():
     lemmas = [f"l{i}" for i in range(1000)]
     split = D.split_by_lemma(lemmas + lemmas[:50], seed=3)
@@ -240,6 +281,25 @@ def test_real_number_datasets(data_root, lang):
     assert s.loc["Number", "status"] == "kept" and s.loc["POS", "status"] == "kept"
     if lang == "es":
         assert s.loc["Gender", "values"] == "FEM,MASC"
+
+
+def test_real_portuguese_surface_multiword_tokens(data_root):
+    sents = D.read_treebank(D.find_treebank_files(data_root, "pt"), max_sentences=300, seed=0)
+    syn = D.words_table("pt", sents)
+    sur = D.words_table("pt", sents, multiword="surface")
+    # each MWT of k syntactic words becomes one row: the table shrinks by sum(k - 1)
+    n_parts = sum(len([w for w in s.words if w.mwt_start is not None]) for s in sents)
+    n_tokens = sum(len({w.mwt_start for w in s.words if w.mwt_start is not None}) for s in sents)
+    assert n_tokens > 100  # do = de + o, da = de + a, no = em + o, ... are frequent in Bosque
+    assert len(syn) - len(sur) == n_parts - n_tokens > 0
+    do = sur[sur.form.str.lower() == "do"]
+    assert len(do) > 20 and (do.lemma == "de+o").all()
+    assert (do.upos == "ADP+DET").mean() > 0.9  # a few are SCONJ+DET, ADP+PRON in Bosque
+    vals = [D.attribute_values(frozenset(u.split(";"))) for u in do.unimorph]
+    assert all("POS" not in v and v.get("Number") == "SG" and v.get("Gender") == "MASC" for v in vals)
+    # the surface rows are what the model reads: the sentence text, spaces aside
+    for si in sorted(set(sur.sent_idx))[:100]:
+        assert "".join(sur[sur.sent_idx == si].form) == sents[si].text.replace(" ", ""), sents[si].sent_id
 
 
 def test_real_hindi_without_lemmas_is_split_by_form(data_root):

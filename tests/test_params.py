@@ -36,6 +36,7 @@ def test_dict_form_equals_file_form(tmp_path):
     ({"run_name": "x", "probe": {"kk": 3}}, "params.probe.kk: unknown key"),
     ({"run_name": "x", "probe": {"k": "many"}}, "params.probe.k: Input should be a valid integer"),
     ({"run_name": "x", "extraction": {"tokenization": "bpe"}}, "params.extraction.tokenization"),
+    ({"run_name": "x", "extraction": {"device": "gpu"}}, "params.extraction.device"),
     ({"run_name": "x", "data": {"attributes": ["Colour"]}}, "unknown attributes ['Colour']"),
     ({"run_name": "x", "data": {"split_fractions": [0.5, 0.2, 0.2]}}, "split_fractions must sum to 1"),
     ({"run_name": "x", "pretrain": {"checkpoint_steps": [10, 5]}}, "strictly increasing"),

@@ -136,7 +136,8 @@ class Word:
     """One syntactic word (CoNLL-U line with an integer ID).
 
     ``feats`` is the raw FEATS column (``"_"`` if none); ``mwt_form`` is the surface form of
-    the multiword token the word belongs to (``"del"`` for ``de`` + ``el``), else None.
+    the multiword token the word belongs to (``"del"`` for ``de`` + ``el``), else None;
+    ``mwt_start`` is that token's first word ID (the ``4`` of range ``4-5``), else None.
     """
 
     form: str
@@ -144,6 +145,7 @@ class Word:
     upos: str
     feats: str
     mwt_form: str | None = None
+    mwt_start: int | None = None
 
 
 @dataclass(frozen=True)
@@ -279,18 +281,19 @@ def read_conllu(path: str | Path, ud_split: str = "", select: set[int] | None = 
 
 
 def _sentence(path: Path, tracked: _TrackedLines, tokenlist: conllu.TokenList, ud_split: str) -> Sentence:
-    mwt: dict[int, str] = {}
+    mwt: dict[int, tuple[str, int]] = {}
     words: list[Word] = []
     for tok in tokenlist:
         tid = tok["id"]
         if isinstance(tid, tuple):
             if tid[1] == "-":
                 for i in range(tid[0], tid[2] + 1):
-                    mwt[i] = tok["form"]
+                    mwt[i] = (tok["form"], tid[0])
             continue  # range line or empty node
         if not isinstance(tid, int):
             raise ValueError(f"{path}: line {tracked.block_start}: a word line without an ID")
-        words.append(Word(tok["form"], tok["lemma"], tok["upos"], tok["feats"] or "_", mwt.get(tid)))
+        form, start = mwt.get(tid, (None, None))
+        words.append(Word(tok["form"], tok["lemma"], tok["upos"], tok["feats"] or "_", form, start))
     meta = tokenlist.metadata
     sent_id = meta.get("sent_id") or f"{path.name}:{tracked.block_idx + 1}"
     text = meta.get("text") or " ".join(w.form for w in words)
@@ -344,41 +347,94 @@ WORD_COLUMNS = ["language", "sent_idx", "word_idx", "form", "lemma", "upos", "fe
                 "unimorph", "mwt_form", "sent_id"]
 
 
-def words_table(lang: str, sentences: Sequence[Sentence]) -> pd.DataFrame:
-    """One row per syntactic word, with its UniMorph features.
+MULTIWORD_MODES = ("syntactic", "surface")
+
+
+def merge_multiword_attributes(parts: Sequence[frozenset[str]]) -> frozenset[str]:
+    """UniMorph features of a multiword token from those of its syntactic words.
+
+    The rule of Stańczak et al.'s ``preprocess_treebank.py`` (``merge_attributes``), which the
+    paper's code used: an attribute is kept, with its value, only if exactly one of the
+    syntactic words carries it; an attribute carried by two or more is dropped, even with
+    the same value (so ``del`` = ``de`` (ADP) + ``el`` (DET, Masc, Sing) has Gender MASC and
+    Number SG but no POS). Features outside the eleven attributes are dropped.
+
+    Args:
+        parts: each syntactic word's UniMorph features (:func:`xalign.unimorph.to_unimorph`).
+
+    Returns:
+        The merged features, one per kept attribute, in :func:`attribute_values`' spelling.
+    """
+    carriers: dict[str, list[str]] = {}
+    for tags in parts:
+        for attr, value in attribute_values(tags).items():
+            carriers.setdefault(attr, []).append(value)
+    return frozenset(v[0] for v in carriers.values() if len(v) == 1)
+
+
+def words_table(lang: str, sentences: Sequence[Sentence], multiword: str = "syntactic") -> pd.DataFrame:
+    """One row per word, with its UniMorph features.
 
     Args:
         lang: ISO 639-1 code; selects the ud-compatibility translator (an unregistered code
             is passed to the converter as is, i.e. usually the base translator).
         sentences: as from :func:`read_treebank`.
+        multiword: how multiword tokens (UD range lines, Spanish ``del`` = ``de`` + ``el``)
+            become rows (``data.multiword_tokens`` in the run params):
+
+            * ``"syntactic"`` (default): one row per syntactic word (``de``, ``el``), each
+              with its own FEATS, and ``mwt_form`` = ``"del"``;
+            * ``"surface"``: one row for the surface token, as the paper's code (Stańczak
+              et al.'s ``preprocess_treebank.py``) did: ``form`` = ``"del"``, ``lemma``,
+              ``upos`` and ``feats`` the syntactic words' joined with ``+`` (``"de+el"``,
+              ``"ADP+DET"``), ``unimorph`` from :func:`merge_multiword_attributes`,
+              ``mwt_form`` = ``"del"``. The model then reads the surface text.
 
     Returns:
         DataFrame with columns ``language, sent_idx`` (0..n-1 in list order), ``word_idx``
-        (0-based position among the sentence's syntactic words), ``form, lemma, upos,
-        feats`` (raw UD columns), ``unimorph`` (``;``-joined sorted UniMorph features, ``"_"``
-        if none), ``mwt_form`` (surface multiword token or None) and ``sent_id``.
+        (0-based position among the sentence's rows), ``form, lemma, upos, feats`` (raw UD
+        columns), ``unimorph`` (``;``-joined sorted UniMorph features, ``"_"`` if none),
+        ``mwt_form`` (surface multiword token or None) and ``sent_id``.
 
     Raises:
-        ValueError: the converter fails on a word (names sentence id, word and FEATS).
+        ValueError: the converter fails on a word (names sentence id, word and FEATS), or an
+            unknown ``multiword``.
     """
+    if multiword not in MULTIWORD_MODES:
+        raise ValueError(f"data.multiword_tokens: unknown mode {multiword!r}; use one of {list(MULTIWORD_MODES)}")
     um_lang = LANGUAGES[lang].unimorph_lang if lang in LANGUAGES else lang
     rows: dict[str, list] = {c: [] for c in WORD_COLUMNS}
+
+    def add(si: int, wi: int, sent: Sentence, form, lemma, upos, feats, um, mwt_form) -> None:
+        for col, v in zip(WORD_COLUMNS, (lang, si, wi, form, lemma, upos, feats, ";".join(sorted(um)) or "_",
+                                         mwt_form, sent.sent_id)):
+            rows[col].append(v)
+
     for si, sent in enumerate(sentences):
+        ums = []
         for wi, w in enumerate(sent.words):
             try:
-                um = to_unimorph(um_lang, w.upos, w.feats, w.form, w.lemma)
+                ums.append(to_unimorph(um_lang, w.upos, w.feats, w.form, w.lemma))
             except UniMorphError as e:
                 raise ValueError(f"{lang} sentence {sent.sent_id} word {wi + 1} ({w.form!r}): {e}") from None
-            rows["language"].append(lang)
-            rows["sent_idx"].append(si)
-            rows["word_idx"].append(wi)
-            rows["form"].append(w.form)
-            rows["lemma"].append(w.lemma)
-            rows["upos"].append(w.upos)
-            rows["feats"].append(w.feats)
-            rows["unimorph"].append(";".join(sorted(um)) or "_")
-            rows["mwt_form"].append(w.mwt_form)
-            rows["sent_id"].append(sent.sent_id)
+        if multiword == "syntactic":
+            for wi, (w, um) in enumerate(zip(sent.words, ums)):
+                add(si, wi, sent, w.form, w.lemma, w.upos, w.feats, um, w.mwt_form)
+            continue
+        out, i = 0, 0
+        while i < len(sent.words):
+            w = sent.words[i]
+            j = i + 1
+            if w.mwt_start is not None:
+                while j < len(sent.words) and sent.words[j].mwt_start == w.mwt_start:
+                    j += 1
+            if j - i == 1 and w.mwt_start is None:
+                add(si, out, sent, w.form, w.lemma, w.upos, w.feats, ums[i], w.mwt_form)
+            else:
+                part = sent.words[i:j]
+                add(si, out, sent, w.mwt_form, "+".join(p.lemma for p in part), "+".join(p.upos for p in part),
+                    "+".join(p.feats for p in part), merge_multiword_attributes(ums[i:j]), w.mwt_form)
+            out, i = out + 1, j
     df = pd.DataFrame(rows, columns=WORD_COLUMNS)
     df["sent_idx"] = df["sent_idx"].astype("int64")
     df["word_idx"] = df["word_idx"].astype("int64")
@@ -386,18 +442,20 @@ def words_table(lang: str, sentences: Sequence[Sentence]) -> pd.DataFrame:
 
 
 def load_words(data_root: str | Path, languages: Iterable[str], treebanks: Mapping[str, str] | None = None,
-               max_sentences_per_language: int | None = None, seed: int = 0) -> pd.DataFrame:
+               max_sentences_per_language: int | None = None, seed: int = 0,
+               multiword: str = "syntactic") -> pd.DataFrame:
     """:func:`words_table` of several languages, concatenated (``sent_idx`` restarts per language).
 
     Each language's treebank is found with :func:`find_treebank_files` (``treebanks``
-    overrides the folder per language) and read with :func:`read_treebank`.
+    overrides the folder per language) and read with :func:`read_treebank`; ``multiword``
+    as in :func:`words_table`.
     """
     treebanks = treebanks or {}
     tables = []
     for lang in progress(list(languages), desc="UD -> UniMorph"):
         files = find_treebank_files(data_root, lang, treebanks.get(lang))
         sentences = read_treebank(files, max_sentences_per_language, seed)
-        tables.append(words_table(lang, sentences))
+        tables.append(words_table(lang, sentences, multiword))
     if not tables:
         return pd.DataFrame({c: [] for c in WORD_COLUMNS})
     return pd.concat(tables, ignore_index=True)

@@ -74,6 +74,9 @@ class DataParams(_Strict):
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     min_count: int = Field(20, ge=1)
     max_sentences_per_language: int | None = Field(None, ge=1)
+    #: multiword tokens (Spanish "del" = "de" + "el"): one word per syntactic word, or one per
+    #: surface token with merged attributes as the paper's code (xalign.data.words_table).
+    multiword_tokens: Literal["syntactic", "surface"] = "syntactic"
 
     @model_validator(mode="after")
     def _check(self) -> "DataParams":
@@ -137,7 +140,12 @@ class ExtractionParams(_Strict):
     tokenization: Literal["per_word", "sentence"] = "sentence"
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(256, ge=8)
+    #: bfloat16 autocast for the forward pass (fast on GPUs with bf16 units, e.g. A100; slow on
+    #: CPUs without, such as this project's EPYC). Changes the vectors slightly (tested).
     bf16: bool = False
+    #: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; does not change the vectors'
+    #: identity (like batch_size), so vectors extracted on CPU are reused on a GPU and back.
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
 
 
 class ProbeParams(_Strict):
