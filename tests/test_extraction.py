@@ -217,6 +217,32 @@ def test_batching_and_padding_do_not_change_vectors(model, tokenizer, sentences,
         torch.testing.assert_close(one.vectors[layer], many.vectors[layer], atol=1e-5, rtol=0)
 
 
+def test_sink_receives_every_row_once_and_the_same_vectors(model, tokenizer, sentences):
+    class Sink:
+        def open(self, n_words, d, layers):
+            self.shape, self.layers, self.calls = (n_words, d), layers, []
+            self.out = {l: torch.full((n_words, d), float("nan")) for l in layers}
+
+        def write(self, layer, start, block):
+            assert layer in self.layers
+            self.calls.append((layer, start, len(block)))
+            self.out[layer][start:start + len(block)] = block
+
+    long = ["x" * 3000]  # skipped (too long): its words get no rows
+    sents = sentences[:5] + [long] + sentences[5:12]
+    mem = extract_word_vectors(model, tokenizer, sents, [1, 3], batch_size=3, max_length=200)
+    sink = Sink()
+    got = extract_word_vectors(model, tokenizer, sents, [1, 3], batch_size=3, max_length=200, sink=sink)
+    assert got.vectors == {} and torch.equal(got.word_index, mem.word_index)
+    assert got.n_sentences_skipped == mem.n_sentences_skipped >= 1
+    assert sink.shape == (len(mem.word_index), hidden_size(model))
+    for l in (1, 3):
+        assert torch.equal(sink.out[l], mem.vectors[l])  # bitwise, no row left unwritten
+        rows = sorted((s, n) for layer, s, n in sink.calls if layer == l)
+        assert [s for s, _ in rows] == list(itertools.accumulate([0] + [n for _, n in rows[:-1]]))
+        assert len(rows) == len(sents) - got.n_sentences_skipped  # one block per kept sentence
+
+
 @pytest.mark.parametrize("mode", ["per_word", "sentence"])
 def test_gemma_vectors_equal_reference_path(gemma, tokenizer, sentences, mode):
     n = num_hidden_states(gemma)
@@ -339,3 +365,20 @@ def test_dropout_is_off_during_extraction_and_mode_restored(tokenizer, sentences
     assert m.training
     b = extract_word_vectors(m.eval(), tokenizer, sentences[:4], [2])
     torch.testing.assert_close(a.vectors[2], b.vectors[2], atol=1e-6, rtol=0)
+
+
+def test_resolve_device(monkeypatch):
+    assert extraction.resolve_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "mps", "cuda:x"):
+        with pytest.raises(ValueError, match=f"extraction.device: unknown device '{bad}'"):
+            extraction.resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert extraction.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="'cuda' asked for, but torch sees no CUDA device"):
+        extraction.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert extraction.resolve_device("auto") == torch.device("cuda")
+    assert extraction.resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="'cuda:1' asked for, but torch sees 1 CUDA device"):
+        extraction.resolve_device("cuda:1")

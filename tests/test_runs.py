@@ -175,6 +175,22 @@ def test_a_parameter_change_recomputes_only_what_depends_on_it(run_copy) -> None
     f.write_bytes(f.read_bytes()[:-10])
     assert runs.run_overlap(params(**{"probe.k": 2, "overlap.alpha": 0.01})).computed == n_pairs
 
+    # data.multiword_tokens: words re-read; French (du = de + le, au, des, ...) changes, so its
+    # vectors are extracted again for every checkpoint, with one vector per surface token
+    fr_words = pd.read_parquet(run / "data" / "words" / "fr.parquet")
+    P = params(**{"data.multiword_tokens": "surface"})
+    assert _counts(runs.run_data_prep(P)) == (4, 0)
+    fr_surface = pd.read_parquet(run / "data" / "words" / "fr.parquet")
+    assert len(fr_surface) < len(fr_words) and (fr_surface.form == "du").any()
+    s = runs.run_extraction(P)
+    assert s.computed >= 3 and s.computed + s.reused == 9
+    labels = pd.read_parquet(run / "data" / "labels.parquet")
+    sents = set(labels[labels.language == "fr"].sent_idx)
+    want = sorted(map(tuple, fr_surface[fr_surface.sent_idx.isin(sents)][["sent_idx", "word_idx"]].to_numpy()))
+    for ckpt in ("step-000005", "step-000015", "step-000040"):
+        vec = load_tensors(run / "vectors" / ckpt / "fr.safetensors")[0]
+        assert sorted(zip(vec["sent_idx"].tolist(), vec["word_idx"].tolist())) == want
+
 
 def test_corrupt_vectors_file_is_extracted_again(run_copy) -> None:
     run, params = run_copy

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from xalign.store import (ArtefactError, atomic_path, load_tensors, read_json, read_table, save_tensors,
-                          write_json, write_table)
+from xalign.store import (ArtefactError, LazyTensors, atomic_path, load_tensors, read_json, read_table,
+                          save_tensors, stream_tensors, write_json, write_table)
 
 
 def test_tensors_round_trip_with_metadata(tmp_path):
@@ -39,6 +39,72 @@ def test_truncated_safetensors_gives_one_line_error(tmp_path):
     assert str(f) in str(e.value) and "corrupt or truncated" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ArtefactError, match="missing artefact"):
         load_tensors(tmp_path / "nope.safetensors")
+
+
+def test_streamed_tensors_read_back_with_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    g = torch.Generator().manual_seed(0)
+    a, b, e = torch.randn(7, 3, generator=g), torch.arange(7) * 10, torch.randn(0, 3)
+    specs = {"a": ((7, 3), torch.float32), "b": ((7,), torch.int64), "e": ((0, 3), torch.float32),
+             "h": ((2, 2), torch.bfloat16)}
+    with stream_tensors(tmp_path / "v.safetensors", specs, {"layers": [3]}) as w:
+        for start in (4, 0, 2):  # any order
+            w.write_rows("a", start, a[start:start + {4: 3, 0: 2, 2: 2}[start]])
+        w.write_rows("b", 0, b)
+        w.write_rows("e", 0, e)
+        w.write_rows("h", 0, torch.tensor([[1.5, -2.0], [0.25, 3.0]]))
+        assert not (tmp_path / "v.safetensors").exists()  # appears only when complete
+        w.metadata["n_words_total"] = 9
+    back = load_file(str(tmp_path / "v.safetensors"))  # the reference reader
+    assert torch.equal(back["a"], a) and torch.equal(back["b"], b) and back["e"].shape == (0, 3)
+    assert back["h"].dtype == torch.bfloat16 and back["h"].float().tolist() == [[1.5, -2.0], [0.25, 3.0]]
+    assert load_tensors(tmp_path / "v.safetensors")[1] == {"layers": [3], "n_words_total": 9}
+    # the same content gives the same bytes
+    with stream_tensors(tmp_path / "w.safetensors", {"a": ((7, 3), torch.float32)}) as w:
+        w.write_rows("a", 0, a)
+    with stream_tensors(tmp_path / "x.safetensors", {"a": ((7, 3), torch.float32)}) as w:
+        w.write_rows("a", 3, a[3:])
+        w.write_rows("a", 0, a[:3])
+    assert (tmp_path / "w.safetensors").read_bytes() == (tmp_path / "x.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("case", ["nan", "rows_missing", "exception", "too_big", "bad_shape"])
+def test_streamed_tensors_failures_write_nothing(tmp_path, case):
+    dest = tmp_path / "v.safetensors"
+    with pytest.raises((ArtefactError, KeyboardInterrupt)) as e:
+        with stream_tensors(dest, {"a": ((4, 2), torch.float32)}) as w:
+            x = torch.ones(4, 2)
+            if case == "nan":
+                x[2, 1] = float("inf")
+            if case == "bad_shape":
+                w.write_rows("a", 3, x)
+            if case == "rows_missing":
+                x = x[:3]
+            w.write_rows("a", 0, x)
+            if case == "exception":
+                raise KeyboardInterrupt
+            if case == "too_big":
+                w.metadata["blob"] = "x" * 10_000
+    assert list(tmp_path.iterdir()) == []  # no artefact, no temporary file
+    msg = str(e.value)
+    assert {"nan": "tensor 'a' has 1 NaN/inf", "rows_missing": "rows written {'a': '3 of 4'}",
+            "exception": "", "too_big": "exceeds the reserved header",
+            "bad_shape": "rows 3..7 of shape (4, 2) do not fit"}[case] in msg
+
+
+def test_lazy_tensors_read_one_tensor_at_a_time(tmp_path):
+    t = {"layer_1": torch.randn(6, 4), "layer_2": torch.randn(6, 4), "sent_idx": torch.arange(6)}
+    f = save_tensors(t, tmp_path / "v.safetensors", {"hidden_size": 4})
+    lazy = LazyTensors(f)
+    assert lazy.shapes == {"layer_1": (6, 4), "layer_2": (6, 4), "sent_idx": (6,)}
+    assert lazy.metadata == {"hidden_size": 4} and sorted(lazy) == sorted(t) and len(lazy) == 3
+    assert torch.equal(lazy["layer_2"], t["layer_2"]) and lazy["layer_2"] is not lazy["layer_2"]
+    with pytest.raises(KeyError):
+        lazy["layer_9"]
+    f.write_bytes(f.read_bytes()[:-7])
+    with pytest.raises(ArtefactError, match="corrupt or truncated"):
+        LazyTensors(f)
 
 
 def test_disk_full_leaves_previous_artefact_and_no_temp_file(tmp_path):

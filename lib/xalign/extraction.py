@@ -29,15 +29,15 @@ in ``params/gemma-270m.yaml``) ``per_word`` cuts 38% of the probed words differe
 mean overlap rate over all layers (0.151 vs 0.176), and shares only 39% of the selected
 neurons with ``sentence`` (71% between two probe seeds).
 
-Multiword tokens (UD range lines, e.g. Spanish ``del`` = ``de`` + ``el``) are read as
-their syntactic words (:mod:`xalign.data` keeps the syntactic words and records the
-surface form in ``mwt_form``), so labels (on syntactic words) and vectors line up one to
-one, in both modes: ``per_word`` tokenises ``de`` and ``el``; ``sentence`` tokenises the
-text ``"... de el ..."``; each syntactic word gets its own vector. This is also what
-stage 5 (zero-shot POS transfer, :func:`xalign.data.read_pos_sentences`) feeds the
-model. (The paper's code, Stańczak et al.'s ``preprocess_treebank.py``, instead kept the
-surface token ``del``, labelled with the UniMorph attributes that exactly one of its
-syntactic words carries, and dropped the syntactic words; a data-stage choice.)
+Multiword tokens (UD range lines, e.g. French ``du`` = ``de`` + ``le``) reach this module
+as the stage-1 words table has them (``data.multiword_tokens``, :func:`xalign.data.words_table`),
+so labels and vectors always line up one to one: ``syntactic`` (default) gives each
+syntactic word its own vector (``per_word`` tokenises ``de`` and ``le``; ``sentence`` the
+text ``"... de le ..."``), as stage 5 (zero-shot POS transfer,
+:func:`xalign.data.read_pos_sentences`) also feeds the model; ``surface`` gives one vector
+to the surface token ``du``, labelled with the attributes that exactly one of its
+syntactic words carries, as the paper's code (Stańczak et al.'s ``preprocess_treebank.py``)
+did.
 
 Sentences longer than ``max_length`` tokens, or than the model's context
 (``max_position_embeddings`` of its config, if it has one), are skipped and counted
@@ -59,7 +59,7 @@ import contextlib
 import inspect
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Protocol, Sequence
 
 import torch
 
@@ -75,7 +75,8 @@ class Extracted:
     """Word vectors of several layers for the words of many sentences.
 
     Attributes:
-        vectors: layer ℓ -> ``(n_kept_words, d)`` float32, row i = word ``word_index[i]``.
+        vectors: layer ℓ -> ``(n_kept_words, d)`` float32, row i = word ``word_index[i]``;
+            empty when the vectors went to a ``sink`` (:func:`extract_word_vectors`).
         word_index: ``(n_kept_words,)`` int64, ascending; index into the flattened word
             list of all input sentences (skipped sentences' words are missing).
         n_sentences_skipped: sentences with more than ``max_length`` tokens, or more than
@@ -93,6 +94,22 @@ class Extracted:
     n_words_total: int
     n_sentences_per_word_fallback: int = 0
     n_blocks_run: int | None = None
+
+
+class VectorSink(Protocol):
+    """Where :func:`extract_word_vectors` streams word vectors instead of keeping them.
+
+    ``open(n_words, d, layers)`` is called once, before the first forward pass, with the
+    number of kept words; ``write(layer, start, block)`` then receives rows ``start ..
+    start + len(block)`` of layer ℓ's ``(n_words, d)`` float32 matrix, one sentence at a
+    time, each row exactly once, in batch order (not row order). See
+    :class:`xalign.runs` (``vectors/<checkpoint>/<lang>.safetensors`` written with
+    :func:`xalign.store.stream_tensors`).
+    """
+
+    def open(self, n_words: int, d: int, layers: list[int]) -> None: ...
+
+    def write(self, layer: int, start: int, block: torch.Tensor) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,6 +307,34 @@ def check_layers(model, layers: Sequence[int]) -> list[int]:
     return sorted(set(out))
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device extraction runs on (``extraction.device`` in the run params).
+
+    Args:
+        name: ``"auto"`` (CUDA if ``torch.cuda.is_available()``, else CPU, as stage 5 does),
+            ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises:
+        ValueError: an unknown name, or CUDA asked for but not available (one line naming
+            ``extraction.device``).
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"extraction.device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"extraction.device: unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"extraction.device: {name!r} asked for, but torch sees no CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"extraction.device: {name!r} asked for, but torch sees "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def context_length(model) -> int | None:
     """The longest input the model's (text) config allows: ``max_position_embeddings``.
 
@@ -435,6 +480,7 @@ def extract_word_vectors(
     max_length: int = 256,
     bf16: bool = False,
     early_stop: bool = True,
+    sink: VectorSink | None = None,
 ) -> Extracted:
     """Word vectors at layers ℓ: the mean of each word's subword hidden states.
 
@@ -444,9 +490,11 @@ def extract_word_vectors(
     mask (for a causal LM right padding leaves every real position's hidden state
     unchanged) and run under ``torch.inference_mode`` (optionally bf16 autocast) through
     :func:`layer_hidden_states`, which keeps only the requested layers and stops after the
-    highest. Pooling is in float32: one ``index_add_`` per layer and batch. The first
-    call checks the early-stop hooks against ``output_hidden_states=True`` on the
-    shortest sentence and falls back to the latter (with a warning) if they disagree.
+    highest. Pooling is in float32: one ``index_add_`` per layer and batch; a word's
+    subwords all lie in its sentence, so its vector is final after its batch and is
+    written out then (to ``sink`` if given: memory stays O(batch) however many words).
+    The first call checks the early-stop hooks against ``output_hidden_states=True`` on
+    the shortest sentence and falls back to the latter (with a warning) if they disagree.
 
     Args:
         model: a transformers model (a ``*ForCausalLM`` is reduced to its base model).
@@ -461,6 +509,8 @@ def extract_word_vectors(
             bf16 units; the 2-core EPYC of the project has none).
         early_stop: stop each pass after the highest requested layer (default); ``False``
             runs the full pass with ``output_hidden_states=True``. Same vectors.
+        sink: a :class:`VectorSink` that receives the vectors as they are computed
+            (``Extracted.vectors`` is then empty); None keeps them in memory.
 
     Returns:
         :class:`Extracted`: vectors ``{ℓ: (n_kept_words, d)}`` with d =
@@ -489,23 +539,26 @@ def extract_word_vectors(
     n_fallback = sum(1 for i in kept if encoded[i][2])
     word_index = torch.tensor([word_start[i] + j for i in kept for j in range(len(sentences[i]))], dtype=torch.long)
 
-    # per kept sentence: token ids and, per token, its output row (-1: special token)
-    tok_t, row_t, r = {}, {}, 0
+    # per kept sentence: token ids, its first output row, and per token its word (-1: special)
+    tok_t, wid_t, row0, r = {}, {}, {}, 0
     for i in kept:
         ids, wids, _ = encoded[i]
         tok_t[i] = torch.tensor(ids, dtype=torch.long)
-        w = torch.tensor(wids, dtype=torch.long)
-        row_t[i] = torch.where(w >= 0, w + r, -1)
+        wid_t[i] = torch.tensor(wids, dtype=torch.long)
+        row0[i] = r
         r += len(sentences[i])
-    counts = torch.zeros(len(word_index), dtype=torch.float32)
-    if kept:
-        all_rows = torch.cat([row_t[i] for i in kept])
-        all_rows = all_rows[all_rows >= 0]
-        counts.index_add_(0, all_rows, torch.ones(len(all_rows)))
-    if len(counts) and counts.min() < 1:  # guaranteed by words_to_subwords; guard anyway
-        raise RuntimeError("internal: a kept word received no subword")
+    n_kept_words = r
 
-    sums = {l: torch.zeros(len(word_index), d, dtype=torch.float32) for l in layers}
+    if sink is None:
+        out = {l: torch.empty(n_kept_words, d, dtype=torch.float32) for l in layers}
+
+        def emit(l: int, start: int, block: torch.Tensor) -> None:
+            out[l][start:start + len(block)] = block
+    else:
+        out = {}
+        sink.open(n_kept_words, d, layers)
+        emit = sink.write
+
     base = getattr(model, "base_model", model)
     device = next(model.parameters()).device
     pad = _pad_id(tokenizer)
@@ -525,30 +578,38 @@ def extract_word_vectors(
                               "extracting with output_hidden_states=True", RuntimeWarning, stacklevel=2)
                 blocks = None
             for batch in progress(batches, desc="extract", total=len(batches)):
+                # local rows: the batch's words, sentence after sentence
+                loc0, n_loc = [], 0
+                for i in batch:
+                    loc0.append(n_loc)
+                    n_loc += len(sentences[i])
                 ids = torch.nn.utils.rnn.pad_sequence([tok_t[i] for i in batch], batch_first=True, padding_value=pad)
-                rows = torch.nn.utils.rnn.pad_sequence([row_t[i] for i in batch], batch_first=True, padding_value=-1)
+                rows = torch.nn.utils.rnn.pad_sequence(
+                    [torch.where(wid_t[i] >= 0, wid_t[i] + o, -1) for i, o in zip(batch, loc0)],
+                    batch_first=True, padding_value=-1)
                 mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(tok_t[i]) for i in batch], batch_first=True)
                 flat = rows.view(-1)
                 at = (flat >= 0).nonzero().squeeze(1)
                 tgt = flat[at]
+                counts = torch.zeros(n_loc, dtype=torch.float32).index_add_(0, tgt, torch.ones(len(tgt)))
+                if n_loc and counts.min() < 1:  # guaranteed by words_to_subwords; guard anyway
+                    raise RuntimeError("internal: a kept word received no subword")
                 hs = _hidden_states(base, n_hs, blocks, fkw, ids.to(device), mask.to(device), layers)
                 at_dev = at.to(device)
                 for l in layers:
                     h = hs[l].reshape(-1, hs[l].shape[-1]).index_select(0, at_dev).float().cpu()
-                    sums[l].index_add_(0, tgt, h)
+                    mean = torch.zeros(n_loc, d, dtype=torch.float32).index_add_(0, tgt, h).div_(counts[:, None])
+                    if not torch.isfinite(mean.sum()):  # one reduction; NaN/inf propagate into the sum
+                        bad = (~torch.isfinite(mean)).any(1).nonzero().squeeze(1).tolist()
+                        where = [(batch[j], b - loc0[j]) for b in bad for j in [bisect.bisect_right(loc0, b) - 1]]
+                        raise FloatingPointError(
+                            f"layer {l}: hidden_states[{l - 1}] has NaN/inf values ({len(bad)} words in its batch; "
+                            "first: sentence {}, word {})".format(*min(where)))
+                    for i, o in zip(batch, loc0):
+                        emit(l, row0[i], mean[o:o + len(sentences[i])])
     finally:
         base.train(was_training)
-    vectors = {l: sums[l].div_(counts[:, None]) for l in layers}
-    for l in layers:
-        if torch.isfinite(vectors[l].sum()):  # one reduction; NaN/inf propagate into the sum
-            continue
-        bad = (~torch.isfinite(vectors[l])).any(1).nonzero()
-        if len(bad):
-            w = int(word_index[int(bad[0])])
-            s = bisect.bisect_right(word_start, w) - 1
-            raise FloatingPointError(f"layer {l}: hidden_states[{l - 1}] has NaN/inf values "
-                                     f"({len(bad)} words; first: sentence {s}, word {w - word_start[s]})")
     n_blocks = (layers[-1] - 1 if layers[-1] < n_hs else n_hs - 1) if blocks is not None else n_hs - 1
-    return Extracted(vectors=vectors, word_index=word_index, n_sentences_skipped=n_skipped,
+    return Extracted(vectors=out, word_index=word_index, n_sentences_skipped=n_skipped,
                      n_words_total=n_words_total, n_sentences_per_word_fallback=n_fallback,
                      n_blocks_run=n_blocks)

@@ -39,20 +39,21 @@ Layout of a run directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 import torch
 
 from .params import RunParams
 from .progress import progress
-from .store import (ArtefactError, Manifest, atomic_path, content_sha256, file_sha256, identity, load_tensors,
-                    path_sha256, provenance, read_json, read_table, remove_stale_temps, save_tensors, write_json,
+from .store import (ArtefactError, LazyTensors, Manifest, atomic_path, content_sha256, file_sha256, identity,
+                    path_sha256, provenance, read_json, read_table, remove_stale_temps, stream_tensors, write_json,
                     write_table)
 
 log = logging.getLogger("xalign.runs")
@@ -213,7 +214,8 @@ def run_data_prep(P: RunParams) -> StageSummary:
     for lang in progress(dp.languages, desc="UD -> UniMorph", total=len(dp.languages)):
         dest = st.run_dir / "data" / "words" / f"{lang}.parquet"
         config = {"language": lang, "treebank": dp.treebanks.get(lang),
-                  "max_sentences_per_language": dp.max_sentences_per_language, "seed": P.seed}
+                  "max_sentences_per_language": dp.max_sentences_per_language, "seed": P.seed,
+                  "multiword_tokens": dp.multiword_tokens}
         inputs = _treebank_hashes(root, lang, dp.treebanks.get(lang))
         ident = identity("data_prep.words", config, inputs)
         if st.current(dest, ident):
@@ -221,7 +223,8 @@ def run_data_prep(P: RunParams) -> StageSummary:
             s.reused += 1
         else:
             w = data.load_words(root, [lang], treebanks=dp.treebanks,
-                                max_sentences_per_language=dp.max_sentences_per_language, seed=P.seed)
+                                max_sentences_per_language=dp.max_sentences_per_language, seed=P.seed,
+                                multiword=dp.multiword_tokens)
             write_table(w, dest)
             st.record(dest, ident, config, inputs)
             s.computed += 1
@@ -295,6 +298,24 @@ def _vectors_path(run_dir: Path, ckpt_name: str, lang: str) -> Path:
     return run_dir / "vectors" / ckpt_name / f"{lang}.safetensors"
 
 
+class _VectorsFile:
+    """A :class:`xalign.extraction.VectorSink` writing ``vectors/<ckpt>/<lang>.safetensors``
+    (``layer_<l>``: (n_words, d) float32, ``sent_idx``/``word_idx``: (n_words,) int64) with
+    :func:`xalign.store.stream_tensors`, entered on ``stack``."""
+
+    def __init__(self, dest: Path, meta: dict[str, Any], stack: contextlib.ExitStack) -> None:
+        self.dest, self.meta, self.stack = dest, meta, stack
+        self.writer: Any = None
+
+    def open(self, n_words: int, d: int, layers: list[int]) -> None:
+        specs = {f"layer_{l}": ((n_words, d), torch.float32) for l in layers}
+        specs.update(sent_idx=((n_words,), torch.int64), word_idx=((n_words,), torch.int64))
+        self.writer = self.stack.enter_context(stream_tensors(self.dest, specs, self.meta))
+
+    def write(self, layer: int, start: int, block: torch.Tensor) -> None:
+        self.writer.write_rows(f"layer_{layer}", start, block)
+
+
 def _check_layers(layers: list[int], n_hs: int, name: str, key: str) -> None:
     bad = [l for l in layers if not 1 <= l <= n_hs]
     if bad:
@@ -309,13 +330,15 @@ def run_extraction(P: RunParams) -> StageSummary:
     Every checkpoint gets ``extraction.layers``; the last one also gets the layer sweep
     ``extraction.sweep_layers`` (Figure 2). Vectors are written per (checkpoint, language)
     and reused while the checkpoint's weights, the language's words and the extraction
-    params (layers, tokenisation, max_length, bf16, dtype; not the batch size) are
-    unchanged. A checkpoint whose vectors are all current is not even loaded. Layers are
-    checked against the first checkpoint loaded before anything is written.
+    params (layers, tokenisation, max_length, bf16, dtype; not the batch size or the
+    device, ``extraction.device``) are unchanged. A checkpoint whose vectors are all
+    current is not even loaded. Layers are checked against the first checkpoint loaded
+    before anything is written.
 
     Raises:
         ValueError: a layer out of range (naming ``extraction.layers`` or
-            ``extraction.sweep_layers`` and the valid range).
+            ``extraction.sweep_layers`` and the valid range), or ``extraction.device``
+            asks for CUDA where there is none.
     """
     from . import checkpoints as ck
     from . import extraction as ex
@@ -326,6 +349,7 @@ def run_extraction(P: RunParams) -> StageSummary:
     labels = labels[labels.attribute.isin(P.probe.attributes)]
     ckpts = resolve_checkpoints(P, st.m)
     weights = {r["name"]: r["weights_sha256"] for r in _checkpoints(run_dir)}
+    device = ex.resolve_device(ep.device)
     rows = []
     checked = False
     for i, c in enumerate(ckpts):
@@ -352,6 +376,7 @@ def run_extraction(P: RunParams) -> StageSummary:
         if not todo:
             continue
         model, tok = ck.load_model(c, dtype=P.checkpoints.dtype)
+        model.to(device)
         n_hs = ck.num_hidden_states(model)
         layers = list(ep.layers)
         sweep = list(range(1, n_hs + 1)) if ep.sweep_layers == "all" else list(ep.sweep_layers or [])
@@ -366,20 +391,24 @@ def run_extraction(P: RunParams) -> StageSummary:
             words = read_table(words_f)
             sub = words[words.sent_idx.isin(keep_sents)].sort_values(["sent_idx", "word_idx"])
             sentences = [g.form.tolist() for _, g in sub.groupby("sent_idx", sort=True)]
-            res = ex.extract_word_vectors(model, tok, sentences, layers, mode=ep.tokenization,
-                                          batch_size=ep.batch_size, max_length=ep.max_length, bf16=ep.bf16)
-            flat = sub[["sent_idx", "word_idx"]].to_numpy()[res.word_index.numpy()]
-            tensors = {f"layer_{l}": v for l, v in res.vectors.items()}
-            tensors["sent_idx"] = torch.as_tensor(flat[:, 0], dtype=torch.int64)
-            tensors["word_idx"] = torch.as_tensor(flat[:, 1], dtype=torch.int64)
             meta = {"checkpoint": c.name, "step": c.step, "location": c.location, "revision": c.revision,
                     "language": lang, "layers": layers, "tokenization": ep.tokenization,
-                    "hidden_size": ck.hidden_size(model), "n_sentences_skipped": res.n_sentences_skipped,
-                    "n_words_total": res.n_words_total, "identity": ident}
-            try:
-                save_tensors(tensors, dest, meta)
-            except ArtefactError as e:  # NaN/inf: name the checkpoint and language, nothing written
-                raise ArtefactError(f"{c.name}/{lang}: hidden states not finite: {e}") from None
+                    "hidden_size": ck.hidden_size(model), "identity": ident}
+            # vectors stream to disk sentence by sentence (memory O(batch), not O(words x layers x d));
+            # the file appears only when complete
+            with contextlib.ExitStack() as stack:
+                sink = _VectorsFile(dest, meta, stack)
+                try:
+                    res = ex.extract_word_vectors(model, tok, sentences, layers, mode=ep.tokenization,
+                                                  batch_size=ep.batch_size, max_length=ep.max_length, bf16=ep.bf16,
+                                                  sink=sink)
+                except (FloatingPointError, ArtefactError) as e:  # NaN/inf: nothing written
+                    raise ArtefactError(f"{c.name}/{lang}: hidden states not finite: {e}") from None
+                flat = sub[["sent_idx", "word_idx"]].to_numpy()[res.word_index.numpy()]
+                sink.writer.write_rows("sent_idx", 0, torch.as_tensor(flat[:, 0], dtype=torch.int64))
+                sink.writer.write_rows("word_idx", 0, torch.as_tensor(flat[:, 1], dtype=torch.int64))
+                sink.writer.metadata.update(n_sentences_skipped=res.n_sentences_skipped,
+                                            n_words_total=res.n_words_total)
             st.record(dest, ident, config, inputs)
             s.computed += 1
             rows.append({"checkpoint": c.name, "language": lang, "words": len(flat),
@@ -393,7 +422,7 @@ def run_extraction(P: RunParams) -> StageSummary:
 
 
 # ----------------------------------------------------------------------------- stage 3
-def probe_splits(labels: pd.DataFrame, tensors: dict[str, torch.Tensor], layer: int
+def probe_splits(labels: pd.DataFrame, tensors: Mapping[str, torch.Tensor], layer: int
                  ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[str]]:
     """Join one (language, attribute)'s labels with its word vectors: the probe's datasets.
 
@@ -422,17 +451,18 @@ def probe_splits(labels: pd.DataFrame, tensors: dict[str, torch.Tensor], layer: 
     return out, values
 
 
-def _check_vectors(f: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], d_ckpt: int | None) -> int:
-    """Hidden size of a vectors file, checked against its metadata and the checkpoint's other files.
+def _check_vectors(f: Path, shapes: dict[str, tuple[int, ...]], meta: dict[str, Any], d_ckpt: int | None) -> int:
+    """Hidden size of a vectors file (tensor ``shapes`` from its header), checked against its
+    metadata and the checkpoint's other files.
 
     Raises:
         ArtefactError: a layer's width differs from ``hidden_size`` in the file's metadata
             or from the checkpoint's other languages (one line, naming the file).
     """
     d = int(meta["hidden_size"])
-    for name, t in tensors.items():
-        if name.startswith("layer_") and (t.ndim != 2 or t.shape[1] != d):
-            raise ArtefactError(f"{f}: {name} has shape {tuple(t.shape)}, but the file's hidden_size is {d}")
+    for name, shape in shapes.items():
+        if name.startswith("layer_") and (len(shape) != 2 or shape[1] != d):
+            raise ArtefactError(f"{f}: {name} has shape {tuple(shape)}, but the file's hidden_size is {d}")
     if d_ckpt is not None and d != d_ckpt:
         raise ArtefactError(f"{f}: hidden size {d} differs from {d_ckpt} in the same checkpoint's other "
                             f"vectors (artefacts of different models; re-run extraction)")
@@ -440,7 +470,7 @@ def _check_vectors(f: Path, tensors: dict[str, torch.Tensor], meta: dict[str, An
 
 
 def _probe_unit(P: RunParams, cfg, c: dict, lang: str, attrs: list[str], labels: pd.DataFrame,
-                tensors: dict[str, torch.Tensor], meta: dict[str, Any], d: int,
+                tensors: Mapping[str, torch.Tensor], meta: dict[str, Any], d: int,
                 skipped: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Probes and greedy selections for one (checkpoint, language): every attribute x layer."""
     from .probe import standardize, train_probe
@@ -538,8 +568,9 @@ def run_probing(P: RunParams) -> StageSummary:
             sel, paths = read_table(f_sel), read_table(f_path)
             s.reused += len(sel)
         else:
-            tensors, meta = load_tensors(f)
-            d = _check_vectors(f, tensors, meta, d_of.get(c["name"]))
+            tensors = LazyTensors(f)  # one layer in memory at a time
+            meta = tensors.metadata
+            d = _check_vectors(f, tensors.shapes, meta, d_of.get(c["name"]))
             if pp.k > d:
                 raise ValueError(f"probe.k={pp.k} exceeds the hidden size d={d} of {c['name']} ({f})")
             sel, paths = _probe_unit(P, cfg, c, lang, attrs, lab, tensors, meta, d, s.skipped)
