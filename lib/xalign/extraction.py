@@ -49,7 +49,12 @@ Speed (``benchmarks/bench_extraction.py``): sentences are tokenised in one batch
 an attention mask and run under ``torch.inference_mode`` (optionally bf16 autocast)
 without a KV cache. Forward pre-hooks on the decoder blocks keep only the requested
 layers, and the pass stops after the highest one (:func:`layer_hidden_states`); pooling
-is one ``index_add_`` per layer and batch over all words of the batch.
+is one ``index_add_`` per layer and batch over all words of the batch. Given a
+:class:`VectorSink`, each sentence's vectors leave memory as soon as its batch is done
+(the extraction stage streams them into the ``.safetensors`` file with
+:func:`xalign.store.stream_tensors`), so memory does not grow with words x layers x d
+(``benchmarks/bench_extraction_memory.py``). The model runs where its parameters are
+(the stage moves it to ``extraction.device``, CUDA when available).
 """
 
 from __future__ import annotations
