@@ -184,3 +184,59 @@ def test_pretrain_too_little_text(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="fewer than"):
         lab.pretrain(["a few words only"] * 3, tokenizer, tmp_path, vocab_size=600,
                      checkpoint_steps=[2], **TINY)
+
+
+def test_interrupted_pretraining_resumes_with_identical_weights(run, corpus, tokenizer, tmp_path, monkeypatch):
+    _, dirs = run  # uninterrupted: steps 1, 10, 30
+    kw = dict(vocab_size=600, checkpoint_steps=[1, 10, 30], seed=0, threads=1, device="cpu", **TINY)
+    out = tmp_path / "ckpt"
+    real = lab._save_resume_state
+
+    def killed_after_step_10(out_dir, state):
+        real(out_dir, state)
+        if state["step"] == 10:
+            raise KeyboardInterrupt  # as if killed right after the step-10 checkpoint
+    monkeypatch.setattr(lab, "_save_resume_state", killed_after_step_10)
+    with pytest.raises(KeyboardInterrupt):
+        lab.pretrain(corpus, tokenizer, out, **kw)
+    monkeypatch.setattr(lab, "_save_resume_state", real)
+    assert (out / lab.RESUME_STATE).is_file() and not (out / "step-000030").exists()
+    kept = (out / "step-000010" / "model.safetensors").stat().st_mtime_ns
+
+    new = []
+    got = lab.pretrain(corpus, tokenizer, out, on_checkpoint=new.append, **kw)
+    assert [d.name for d in got] == ["step-000001", "step-000010", "step-000030"]
+    assert [d.name for d in new] == ["step-000030"]  # resumed after step 10, not restarted
+    assert (out / "step-000010" / "model.safetensors").stat().st_mtime_ns == kept
+    assert not (out / lab.RESUME_STATE).exists()  # removed when the series is complete
+    w_ref, w_got = _weights(dirs[-1]), _weights(got[-1])
+    assert all(torch.equal(w_ref[k], w_got[k]) for k in w_ref)
+    s_ref, s_got = lab.read_training_state(dirs[-1]), lab.read_training_state(got[-1])
+    for key in ("loss", "eval_loss", "lr", "tokens_seen"):
+        assert s_ref[key] == s_got[key], key
+
+
+@pytest.mark.parametrize("case", ["other_args", "corrupt", "weights_changed"])
+def test_pretraining_resume_state_that_does_not_fit_is_ignored(corpus, tokenizer, tmp_path, monkeypatch, case):
+    kw = dict(vocab_size=600, checkpoint_steps=[2, 4], seed=0, threads=1, device="cpu", **TINY)
+    out = tmp_path / "ckpt"
+    real = lab._save_resume_state
+
+    def killed(out_dir, state):
+        real(out_dir, state)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(lab, "_save_resume_state", killed)
+    with pytest.raises(KeyboardInterrupt):
+        lab.pretrain(corpus, tokenizer, out, **kw)
+    monkeypatch.setattr(lab, "_save_resume_state", real)
+    if case == "other_args":
+        kw["lr"] = 1e-2
+    elif case == "corrupt":
+        f = out / lab.RESUME_STATE
+        f.write_bytes(f.read_bytes()[:100])
+    else:
+        f = out / "step-000002" / "model.safetensors"
+        f.write_bytes(f.read_bytes()[:-4] + b"\0\0\0\0")
+    new = []
+    lab.pretrain(corpus, tokenizer, out, on_checkpoint=new.append, **kw)
+    assert [d.name for d in new] == ["step-000002", "step-000004"]  # trained from step 0

@@ -94,12 +94,18 @@ def _tables(run: Path) -> dict[str, pd.DataFrame]:
 
 @pytest.mark.e2e
 def test_killed_and_resumed_run_equals_uninterrupted_run(minimal_run: Path, tmp_path: Path) -> None:
-    """SIGKILL during extraction, then during probing, then during transfer; a final start
+    """SIGKILL during pretraining, extraction, probing and transfer; a final start
     completes. Every table equals the uninterrupted papermill run's exactly: the run resumes
     correctly, and two runs with the same params and seed give identical checkpoints,
     vectors, neuron sets and numbers on CPU."""
     pfile = _params_file(tmp_path)
     run = tmp_path / "runs" / "minimal"
+    _run_until(pfile, run, "checkpoints/step-")
+    again = subprocess.run([sys.executable, "-c", _DRIVER, str(pfile), "pretrain"], cwd=REPO,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    computed, reused = _summaries(again.stdout)["pretrain"]
+    assert reused >= 1 and computed >= 1 and computed + reused == 3  # resumed after the saved checkpoints
     _run_until(pfile, run, "vectors/")
     _run_until(pfile, run, "probing/parts/")
     _run_until(pfile, run, "transfer/parts/")

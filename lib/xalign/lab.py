@@ -20,14 +20,17 @@ Functions:
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import logging
 import math
 import os
 import random
 import shutil
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -39,6 +42,11 @@ TEXT_SOURCES = ("tatoeba", "panx")
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 #: Name of the per-checkpoint JSON with step, losses, tokens seen and seed.
 TRAINING_STATE = "training_state.json"
+#: Optimiser, schedule, data-order and RNG state of the latest checkpoint, for resuming
+#: (``<out_dir>/.resume.pt``; removed when the series is complete).
+RESUME_STATE = ".resume.pt"
+
+log = logging.getLogger("xalign.lab")
 
 
 
@@ -235,12 +243,79 @@ def pack_blocks(texts: Sequence[str], tokenizer, seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[: n_blocks * seq_len], dtype=torch.long).view(n_blocks, seq_len)
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator):
-    """Endless stream of index batches: a fresh random permutation per epoch."""
-    while True:
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n - batch_size + 1, batch_size):
-            yield perm[i:i + batch_size]
+class _Batches:
+    """Endless stream of index batches: a fresh random permutation per epoch (the last
+    incomplete batch of an epoch is dropped). Its position can be saved and restored."""
+
+    def __init__(self, n: int, batch_size: int, gen: torch.Generator) -> None:
+        self.n, self.batch_size, self.gen = n, batch_size, gen
+        self.perm: torch.Tensor | None = None
+        self.i = 0
+
+    def __next__(self) -> torch.Tensor:
+        if self.perm is None or self.i + self.batch_size > self.n:
+            self.perm, self.i = torch.randperm(self.n, generator=self.gen), 0
+        batch = self.perm[self.i:self.i + self.batch_size]
+        self.i += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm, "i": self.i, "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm, self.i = state["perm"], state["i"]
+        self.gen.set_state(state["gen"])
+
+
+def _fingerprint(texts: Sequence[str], tokenizer, args: dict) -> str:
+    """SHA-256 of everything the trained weights depend on: text, tokenizer, arguments."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\n")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True))
+             .encode("utf-8"))
+    h.update(json.dumps(args, sort_keys=True, default=str).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _weights_sha256(folder: Path) -> str:
+    h = hashlib.sha256()
+    with open(folder / "model.safetensors", "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _save_resume_state(out_dir: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    tmp = out_dir / f".{RESUME_STATE}.tmp"
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, out_dir / RESUME_STATE)
+
+
+def _load_resume_state(out_dir: Path, fingerprint: str, steps: Sequence[int]) -> dict | None:
+    """The saved resume state if it belongs to this very training run and its checkpoint
+    folder is intact; else None (with a log line saying why)."""
+    f = out_dir / RESUME_STATE
+    if not f.is_file():
+        return None
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=False)
+        step = int(state["step"])
+        folder = out_dir / checkpoint_name(step)
+        if state["fingerprint"] != fingerprint:
+            log.info("pretrain: %s is from other text/tokenizer/arguments; training from step 0", f)
+            return None
+        if step not in steps or step == steps[-1] or _weights_sha256(folder) != state["weights_sha256"]:
+            log.info("pretrain: %s does not match %s; training from step 0", f, folder.name)
+            return None
+        return state
+    except Exception as e:  # corrupt or truncated: start over
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        log.warning("pretrain: cannot read %s (%s); training from step 0", f, why)
+        return None
 
 
 @torch.no_grad()
@@ -288,6 +363,8 @@ def pretrain(
     threads: int | None = None,
     n_eval_blocks: int = 32,
     device: str | None = None,
+    resume: bool = True,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Pretrain a BLOOM-architecture causal LM from scratch and save a checkpoint series.
 
@@ -307,6 +384,14 @@ def pretrain(
     and ``elapsed_s``. Each folder is written under a temporary name and renamed, so a
     crash never leaves a half-written checkpoint.
 
+    Resuming: with each checkpoint, ``<out_dir>/.resume.pt`` receives the optimiser,
+    schedule, data-order and RNG state and a fingerprint (SHA-256 of the text, the
+    tokenizer and every argument but ``threads``/``device``). A later call with the same
+    fingerprint continues after that checkpoint, if its weights are intact (SHA-256),
+    instead of starting from step 0: the earlier folders are kept, and the weights are
+    bit-identical to an uninterrupted run's. The file is removed when the last
+    checkpoint is saved.
+
     Args:
         texts: corpus lines (see :func:`build_corpus`).
         tokenizer: from :func:`train_tokenizer`; its length is the model vocabulary.
@@ -320,9 +405,13 @@ def pretrain(
         threads: ``torch.set_num_threads`` during training (restored afterwards).
         n_eval_blocks: held-out blocks for ``eval_loss``.
         device: ``"cpu"``, ``"cuda"`` ...; default CUDA if available, else CPU.
+        resume: continue from ``.resume.pt`` when it matches (default); False trains from
+            step 0.
+        on_checkpoint: called with each checkpoint folder this call saves (not those kept
+            from an interrupted call), right after it is saved.
 
     Returns:
-        The checkpoint folders, in step order.
+        The checkpoint folders, in step order (including those kept from an interrupted call).
 
     Raises:
         ValueError: bad checkpoint steps, ``hidden_size % n_head != 0``, a tokenizer larger
@@ -344,6 +433,11 @@ def pretrain(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fingerprint = _fingerprint(texts, tokenizer, dict(
+        vocab_size=vocab_size, hidden_size=hidden_size, n_layer=n_layer, n_head=n_head, seq_len=seq_len,
+        batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, checkpoint_steps=steps, seed=seed,
+        n_eval_blocks=n_eval_blocks))
+    resumed = _load_resume_state(out_dir, fingerprint, steps) if resume else None
 
     old_threads = torch.get_num_threads()
     if threads:
@@ -374,10 +468,27 @@ def pretrain(
                                     lr=lr, betas=(0.9, 0.95), eps=1e-8)
             sched = get_cosine_with_min_lr_schedule_with_warmup(
                 opt, num_warmup_steps=warmup_steps, num_training_steps=steps[-1], min_lr_rate=0.1)
-            batches = _batches(len(train_blocks), batch_size, gen)
+            batches = _Batches(len(train_blocks), batch_size, gen)
             saved: list[Path] = []
             t0, loss_sum, loss_n, tokens_seen = time.perf_counter(), 0.0, 0, 0
-            bar = progress(range(1, steps[-1] + 1), desc="pretrain", total=steps[-1])
+            first = 1
+            if resumed is not None:
+                from safetensors.torch import load_file
+
+                done = resumed["step"]
+                weights = load_file(str(out_dir / checkpoint_name(done) / "model.safetensors"))
+                missing, unexpected = model.load_state_dict(weights, strict=False)
+                if unexpected or [k for k in missing if "lm_head" not in k]:  # lm_head is tied
+                    raise RuntimeError(f"pretrain: {checkpoint_name(done)} does not fit the model "
+                                       f"(missing {missing}, unexpected {unexpected})")
+                opt.load_state_dict(resumed["optimizer"])
+                sched.load_state_dict(resumed["scheduler"])
+                batches.load_state_dict(resumed["batches"])
+                torch.set_rng_state(resumed["rng"])
+                tokens_seen, first = resumed["tokens_seen"], done + 1
+                saved = [out_dir / checkpoint_name(x) for x in steps if x <= done]
+                log.info("pretrain: resuming after %s", checkpoint_name(done))
+            bar = progress(range(first, steps[-1] + 1), desc="pretrain", total=steps[-1] - first + 1)
             for step in bar:
                 x = train_blocks[next(batches)].to(dev)
                 loss = model(input_ids=x, labels=x).loss
@@ -405,8 +516,19 @@ def pretrain(
                         "threads": torch.get_num_threads(), "device": str(dev)}
                     if math.isfinite(state["loss"]):
                         state["loss"] = round(state["loss"], 6)
-                    saved.append(_save_checkpoint(model, tokenizer, out_dir / checkpoint_name(step), state))
+                    folder = _save_checkpoint(model, tokenizer, out_dir / checkpoint_name(step), state)
+                    saved.append(folder)
                     loss_sum, loss_n = 0.0, 0
+                    if step < steps[-1]:
+                        _save_resume_state(out_dir, {
+                            "step": step, "fingerprint": fingerprint, "weights_sha256": _weights_sha256(folder),
+                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "batches": batches.state_dict(), "rng": torch.get_rng_state(),
+                            "tokens_seen": tokens_seen})
+                    else:
+                        (out_dir / RESUME_STATE).unlink(missing_ok=True)
+                    if on_checkpoint is not None:
+                        on_checkpoint(folder)
             return saved
     finally:
         torch.set_num_threads(old_threads)

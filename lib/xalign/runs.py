@@ -146,8 +146,10 @@ def run_pretrain(P: RunParams) -> StageSummary:
 
     The series is reused when every checkpoint folder of ``P.pretrain.checkpoint_steps``
     is in the manifest with this stage's identity (pretraining params, seed, languages and
-    the SHA-256 of the text and treebank files). Otherwise the whole series is trained
-    again (a killed pretraining restarts from step 0; each folder is written atomically).
+    the SHA-256 of the text and treebank files). Otherwise it is trained; a killed
+    pretraining resumes after its last saved checkpoint (:func:`xalign.lab.pretrain`'s
+    ``.resume.pt``), with the same weights as an uninterrupted run. Each folder is written
+    atomically and recorded in the manifest as soon as it is saved.
     """
     from . import data, lab
 
@@ -179,13 +181,19 @@ def run_pretrain(P: RunParams) -> StageSummary:
         texts = lab.build_corpus(root, P.data.languages, sources=[x for x in pp.text_sources if x != "ud"],
                                  max_lines_per_source=pp.max_lines_per_source, seed=P.seed, extra_texts=extra)
         tok = lab.train_tokenizer(texts, pp.vocab_size)
+
+        def saved(d: Path) -> None:
+            st.record(d, idents[d], {**config, "checkpoint": d.name}, inputs)
+            s.computed += 1
+
         dirs = lab.pretrain(texts, tok, out, vocab_size=pp.vocab_size, hidden_size=pp.hidden_size,
                             n_layer=pp.n_layer, n_head=pp.n_head, seq_len=pp.seq_len, batch_size=pp.batch_size,
                             lr=pp.lr, warmup_steps=pp.warmup_steps, checkpoint_steps=pp.checkpoint_steps,
-                            seed=P.seed, threads=pp.threads)
-        for d in dirs:
-            st.record(d, idents[d], {**config, "checkpoint": d.name}, inputs)
-        s.computed = len(dirs)
+                            seed=P.seed, threads=pp.threads, on_checkpoint=saved)
+        s.reused = len(dirs) - s.computed  # kept from an interrupted run (resumed after them)
+        for d in dirs[:s.reused]:
+            if not st.current(d, idents[d]):  # saved by a run killed before recording it
+                st.record(d, idents[d], {**config, "checkpoint": d.name}, inputs)
         s.tables["corpus"] = pd.DataFrame({"lines": [len(texts)], "characters": [sum(map(len, texts))]})
     states = []
     for d in want:
