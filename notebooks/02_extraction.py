@@ -22,7 +22,10 @@
 #
 # Every checkpoint gets `extraction.layers`; the last one also gets the layer sweep for
 # Figure 2. Checkpoints with identical weights are excluded (the paper found such duplicates
-# among BLOOM's released checkpoints). Vectors are stored as safetensors with metadata.
+# among BLOOM's released checkpoints). Vectors are stored as safetensors with metadata,
+# one file per (checkpoint, language), written sentence by sentence as batches finish, so
+# memory does not grow with the treebank. The model runs on `extraction.device` (`auto`:
+# the GPU when torch sees one, e.g. on Colab).
 
 # %% tags=["parameters"]
 # A params file (path, relative to the repository root) or the dict papermill injects
