@@ -210,6 +210,30 @@ def test_corrupt_vectors_file_is_extracted_again(run_copy) -> None:
     assert all(torch.equal(good[k], again[k]) for k in good)
 
 
+def test_nan_hidden_states_write_no_vectors(run_copy, monkeypatch) -> None:
+    from xalign import extraction
+
+    run, params = run_copy
+    f = run / "vectors" / "step-000015" / "fr.safetensors"
+    f.unlink()
+    real = extraction._hidden_states
+    calls = []
+
+    def nan_in_third_batch(*args, **kw):
+        hs = real(*args, **kw)
+        calls.append(1)
+        if len(calls) == 3:
+            hs = {l: h.clone().fill_(float("nan")) for l, h in hs.items()}
+        return hs
+    monkeypatch.setattr(extraction, "_hidden_states", nan_in_third_batch)
+    with pytest.raises(ArtefactError) as e:
+        runs.run_extraction(params())
+    msg = str(e.value)
+    assert msg.startswith("step-000015/fr: hidden states not finite: layer ") and "first: sentence" in msg
+    assert "\n" not in msg
+    assert not f.exists() and not list(f.parent.glob(".*.tmp"))  # nothing half-written
+
+
 @pytest.mark.parametrize("key, layers", [("extraction.layers", [2, 7]), ("extraction.sweep_layers", [1, 9])])
 def test_layer_out_of_range_is_one_line_and_writes_no_vectors(run_copy, key, layers) -> None:
     run, params = run_copy

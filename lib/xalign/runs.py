@@ -410,7 +410,7 @@ def run_extraction(P: RunParams) -> StageSummary:
                     res = ex.extract_word_vectors(model, tok, sentences, layers, mode=ep.tokenization,
                                                   batch_size=ep.batch_size, max_length=ep.max_length, bf16=ep.bf16,
                                                   sink=sink)
-                except (FloatingPointError, ArtefactError) as e:  # NaN/inf: nothing written
+                except FloatingPointError as e:  # NaN/inf (names layer, sentence, word): nothing written
                     raise ArtefactError(f"{c.name}/{lang}: hidden states not finite: {e}") from None
                 flat = sub[["sent_idx", "word_idx"]].to_numpy()[res.word_index.numpy()]
                 sink.writer.write_rows("sent_idx", 0, torch.as_tensor(flat[:, 0], dtype=torch.int64))
