@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -151,6 +153,16 @@ def test_fig_overlap_heatmap_marks_significant_cells(tables, tmp_path):
     cbar = fig.axes[1]
     assert any(np.allclose(l.get_ydata(), K / D) for l in cbar.get_lines())
     assert_saved(fig, tmp_path, "figB1_heatmap")
+
+
+def test_saved_figures_are_byte_reproducible(tables, tmp_path):
+    _, avg, _ = tables
+    fig = plots.fig_overlap_vs_layer(avg)
+    first = plots.save(fig, tmp_path / "a", "fig2", formats=("png", "pdf", "svg"))
+    time.sleep(1.1)  # PDF/SVG dates have one-second resolution
+    second = plots.save(plots.fig_overlap_vs_layer(avg), tmp_path / "b", "fig2", formats=("png", "pdf", "svg"))
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name
 
 
 def test_save_is_atomic_and_validates(tables, tmp_path):

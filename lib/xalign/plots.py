@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -377,12 +378,17 @@ def fig_overlap_heatmap(pairs: pd.DataFrame, checkpoint: str, layer: int, attrib
 
 
 # ---- output ----------------------------------------------------------------------------
+_NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
 def save(fig: Figure, out_dir: str | Path, name: str, formats: Sequence[str] = ("png", "pdf"),
          dpi: int = 150) -> list[Path]:
     """Write ``fig`` as ``<out_dir>/<name>.<fmt>`` for each format, atomically.
 
     Each file is rendered to a temporary file beside its destination and renamed into
-    place (:func:`xalign.store.atomic_path`), so no half-written figure is ever left.
+    place (:func:`xalign.store.atomic_path`), so no half-written figure is ever left. The
+    files carry no timestamp and SVG ids are fixed, so the same figure gives the same bytes
+    (a re-run does not touch committed figures).
 
     Returns:
         The written paths, in ``formats`` order.
@@ -399,8 +405,9 @@ def save(fig: Figure, out_dir: str | Path, name: str, formats: Sequence[str] = (
     paths = []
     for fmt in formats:
         dest = Path(out_dir) / f"{name}.{fmt}"
-        with atomic_path(dest) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi)
+        # no timestamps, fixed SVG ids: the same figure gives the same bytes
+        with atomic_path(dest) as tmp, matplotlib.rc_context({"svg.hashsalt": "xalign"}):
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_NO_DATE.get(fmt))
         paths.append(dest)
     return paths
 
