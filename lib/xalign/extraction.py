@@ -108,7 +108,7 @@ class VectorSink(Protocol):
     number of kept words; ``write(layer, start, block)`` then receives rows ``start ..
     start + len(block)`` of layer ℓ's ``(n_words, d)`` float32 matrix, one sentence at a
     time, each row exactly once, in batch order (not row order). See
-    :class:`xalign.runs` (``vectors/<checkpoint>/<lang>.safetensors`` written with
+    :mod:`xalign.runs` (``vectors/<checkpoint>/<lang>.safetensors`` written with
     :func:`xalign.store.stream_tensors`).
     """
 

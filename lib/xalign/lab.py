@@ -21,7 +21,6 @@ Functions:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from xalign.progress import progress
+from xalign.store import atomic_path, file_sha256
 
 #: Text sources read from ``<data_root>/text/<source>/<lang>.txt``.
 TEXT_SOURCES = ("tatoeba", "panx")
@@ -280,19 +280,12 @@ def _fingerprint(texts: Sequence[str], tokenizer, args: dict) -> str:
 
 
 def _weights_sha256(folder: Path) -> str:
-    h = hashlib.sha256()
-    with open(folder / "model.safetensors", "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(folder / "model.safetensors")
 
 
 def _save_resume_state(out_dir: Path, state: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    tmp = out_dir / f".{RESUME_STATE}.tmp"
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, out_dir / RESUME_STATE)
+    with atomic_path(out_dir / RESUME_STATE) as tmp:
+        torch.save(state, tmp)
 
 
 def _load_resume_state(out_dir: Path, fingerprint: str, steps: Sequence[int]) -> dict | None:

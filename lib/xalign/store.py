@@ -169,9 +169,11 @@ class TensorFileWriter:
     def write_rows(self, name: str, start: int, block: torch.Tensor) -> None:
         """Write ``block`` as rows ``start .. start + len(block)`` of tensor ``name``.
 
+        ``block`` is converted to the tensor's dtype.
+
         Raises:
             ArtefactError: NaN/inf in a floating block, or a block outside the tensor or of the
-                wrong row shape/dtype (names the file and tensor).
+                wrong row shape (names the file and tensor).
         """
         shape, dt = self._specs[name]
         block = block.detach().to("cpu", dt).contiguous()
@@ -183,8 +185,7 @@ class TensorFileWriter:
             raise ArtefactError(f"{self.dest}: tensor '{name}' has {bad} NaN/inf values; not written")
         row_bytes = block[0].numel() * dt.itemsize if len(block) else 0
         self._f.seek(8 + self._header_len + self._layout[name][0] + start * row_bytes)
-        self._f.write(block.view(torch.uint8).numpy().tobytes() if dt == torch.bfloat16
-                      else block.numpy().tobytes())
+        self._f.write(block.view(torch.uint8).numpy().tobytes())  # raw bytes (numpy has no bfloat16)
         self._rows_written[name] += len(block)
 
     def _commit(self) -> None:
@@ -233,7 +234,7 @@ def stream_tensors(dest: str | Path, specs: dict[str, tuple[tuple[int, ...], tor
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load a ``.safetensors`` file written by :func:`save_tensors`.
+    """Load a ``.safetensors`` file written by :func:`save_tensors` or :func:`stream_tensors`.
 
     Returns:
         ``(tensors, metadata)`` with metadata values JSON-decoded.
@@ -241,18 +242,8 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     Raises:
         ArtefactError: the file is missing, truncated or corrupt (one line, naming it).
     """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ArtefactError(f"{path}: missing artefact (run the stage that writes it first)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise ArtefactError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0]})") from None
-    return tensors, meta
+    lazy = LazyTensors(path)
+    return {k: lazy[k] for k in lazy}, lazy.metadata
 
 
 class LazyTensors(Mapping[str, torch.Tensor]):
@@ -305,16 +296,7 @@ def load_metadata(path: str | Path) -> dict[str, Any]:
     Raises:
         ArtefactError: the file is missing or its header is corrupt (one line, naming it).
     """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ArtefactError(f"{path}: missing artefact (run the stage that writes it first)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    except Exception as e:
-        raise ArtefactError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0]})") from None
+    return LazyTensors(path).metadata
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
