@@ -423,14 +423,12 @@ def words_table(lang: str, sentences: Sequence[Sentence], multiword: str = "synt
             continue
         out, i = 0, 0
         while i < len(sent.words):
-            w = sent.words[i]
-            j = i + 1
-            if w.mwt_start is not None:
+            w, j = sent.words[i], i + 1
+            if w.mwt_start is None:
+                add(si, out, sent, w.form, w.lemma, w.upos, w.feats, ums[i], None)
+            else:  # the syntactic words of one multiword token -> one row for its surface form
                 while j < len(sent.words) and sent.words[j].mwt_start == w.mwt_start:
                     j += 1
-            if j - i == 1 and w.mwt_start is None:
-                add(si, out, sent, w.form, w.lemma, w.upos, w.feats, ums[i], w.mwt_form)
-            else:
                 part = sent.words[i:j]
                 add(si, out, sent, w.mwt_form, "+".join(p.lemma for p in part), "+".join(p.upos for p in part),
                     "+".join(p.feats for p in part), merge_multiword_attributes(ums[i:j]), w.mwt_form)
