@@ -182,8 +182,11 @@ def run_pretrain(P: RunParams) -> StageSummary:
                                  max_lines_per_source=pp.max_lines_per_source, seed=P.seed, extra_texts=extra)
         tok = lab.train_tokenizer(texts, pp.vocab_size)
 
-        def saved(d: Path) -> None:
+        def record(d: Path) -> None:
             st.record(d, idents[d], {**config, "checkpoint": d.name}, inputs)
+
+        def saved(d: Path) -> None:
+            record(d)
             s.computed += 1
 
         dirs = lab.pretrain(texts, tok, out, vocab_size=pp.vocab_size, hidden_size=pp.hidden_size,
@@ -193,7 +196,7 @@ def run_pretrain(P: RunParams) -> StageSummary:
         s.reused = len(dirs) - s.computed  # kept from an interrupted run (resumed after them)
         for d in dirs[:s.reused]:
             if not st.current(d, idents[d]):  # saved by a run killed before recording it
-                st.record(d, idents[d], {**config, "checkpoint": d.name}, inputs)
+                record(d)
         s.tables["corpus"] = pd.DataFrame({"lines": [len(texts)], "characters": [sum(map(len, texts))]})
     states = []
     for d in want:
