@@ -17,7 +17,7 @@ import torch
 from xalign.params import TransferParams
 from xalign import data as D
 from xalign.transfer import (DEV_LANGUAGE, POS_LABELS, XNLI_LABELS, TransferConfig, _load, _encode_pos,
-                             _train, finetune_pos, finetune_xnli, pos_f1,
+                             _predict, _train, finetune_pos, finetune_xnli, pos_f1,
                              split_xnli_dev)
 
 
@@ -211,6 +211,39 @@ def test_qlora_quantises_base_and_trains(tiny_bloom, gum):
     df = finetune_pos(tiny_bloom, train, dev, evals, cfg)
     en = df[(df.language == DEV_LANGUAGE) & (df.metric == "f1")].iloc[0]
     assert en.value > _majority_baseline(train, dev) + 0.2
+
+
+def test_qlora_trains_after_an_evaluation_pass(tiny_bloom, gum):
+    """A training step after dev evaluation gives the same gradients as before it.
+
+    bitsandbytes 0.50 repacks 4-bit weights for its AVX512-BF16 CPU kernel on the first
+    eval-mode pass without grad; that kernel has no backward and adds the bias in place, so
+    the next training step raised (BLOOM's layers have biases) or dropped the input gradient.
+    """
+    import bitsandbytes as bnb
+    from xalign.transfer import _collate
+
+    train, _, _ = gum
+    cfg = TransferConfig(qlora=True, **POS_CFG)
+    model, tok, device = _load(tiny_bloom, "pos", POS_LABELS, cfg, None, None)
+    enc = _encode_pos(tok, train[:16], cfg.max_length, "t")
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    batch = _collate(enc, list(range(8)), tok.pad_token_id, True, device)
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # same LoRA dropout masks
+        model(**batch).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if "lora_B" in n}
+
+    before = grads()
+    qkv = [n for n, _ in model.named_modules() if n.endswith("query_key_value.base_layer")]
+    assert len(before) == len(qkv) == 2 and all(g.abs().sum() > 0 for g in before.values())
+    _predict(model, enc, True, tok.pad_token_id, device, 8, "dev")  # what dev_eval does between epochs
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    after = grads()
+    assert all(torch.equal(before[n], after[n]) for n in before)
 
 
 def test_model_selection_restores_best_epoch(tiny_bloom, gum):

@@ -361,6 +361,7 @@ def _load(model_path: str, task: str, labels: list[str], config: TransferConfig,
     if len(head) != 1 or not isinstance(getattr(model, head[0]), torch.nn.Linear):
         raise ValueError(f"{model_path}: {type(model).__name__} has no plain Linear head named one of {_HEAD_NAMES}")
     if config.qlora:
+        _keep_4bit_trainable(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     else:
         model = model.to(device)
@@ -377,6 +378,26 @@ def _load(model_path: str, task: str, labels: list[str], config: TransferConfig,
     if not head_params:  # pragma: no cover - guards a peft behaviour change
         raise RuntimeError(f"{model_path}: classification head {head[0]!r} is not trainable after peft wrapping")
     return model, tok, device
+
+
+def _keep_4bit_trainable(model) -> int:
+    """Keep every bitsandbytes ``Linear4bit`` on its differentiable path; returns how many.
+
+    bitsandbytes 0.50 repacks a ``Linear4bit``'s weights for an AVX512-BF16 CPU kernel the
+    first time the layer runs in eval mode on an input without grad (our dev evaluation),
+    and keeps that layout when training resumes. The packed kernel (``gemv_4bit``) has no
+    backward and adds the bias in place, so the next training step either raises
+    "a view of a leaf Variable that requires grad is being used in an in-place operation"
+    (layers with a bias, as BLOOM's) or, without a bias, silently passes no gradient to
+    the input, so LoRA weights below that layer stop learning. Turning the repacking off
+    makes evaluation use the same dequantise-and-matmul path as training (GPUs never repack).
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
