@@ -22,10 +22,9 @@ the stages downstream only need ``hidden_states``. Sizes are read from the confi
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -58,6 +57,8 @@ class Checkpoint:
         revision: Hub branch/tag/commit (``hub`` only).
         tokenizer_location: folder or repo id of the tokenizer if not ``location``.
         gguf_file: the GGUF file name inside ``location`` (``gguf`` only).
+        commit: the 40-hex commit SHA ``revision`` resolved to (``hub`` only, once resolved
+            by :func:`resolve`; downloads are pinned to it).
     """
 
     name: str
@@ -67,6 +68,7 @@ class Checkpoint:
     revision: str | None = None
     tokenizer_location: str | None = None
     gguf_file: str | None = None
+    commit: str | None = None
 
     def describe(self) -> str:
         """``repo@revision`` or the folder (plus GGUF file): for messages and tables."""
@@ -243,62 +245,176 @@ def _reason(e: Exception) -> str:
 
 
 def _hub_kwargs(ckpt: Checkpoint) -> dict:
-    kw: dict = {}
-    if ckpt.source == "hub" and ckpt.revision:
-        kw["revision"] = ckpt.revision
-    if ckpt.source == "gguf":
-        kw["gguf_file"] = ckpt.gguf_file
-    return kw
+    return {"gguf_file": ckpt.gguf_file} if ckpt.source == "gguf" else {}
 
 
 def _load_error(ckpt: Checkpoint, what: str, e: Exception) -> CheckpointError:
-    hint = ""
-    if ckpt.source == "hub":
-        hint = " - offline (HF_HUB_OFFLINE=1) or the revision does not exist?"
-    return CheckpointError(f"{ckpt.source} {ckpt.describe()}: cannot load {what} ({_reason(e)}){hint}")
+    return CheckpointError(f"{ckpt.source} {ckpt.describe()}: cannot load {what} ({_reason(e)})")
 
 
-def load_config(ckpt: Checkpoint):
-    """The model config (``AutoConfig``) of a checkpoint.
+def _revision(ckpt: Checkpoint):
+    from . import hub
+
+    return hub.resolve_revision(ckpt.location, ckpt.commit or ckpt.revision or "main")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A checkpoint resolved before any download (:func:`resolve`).
+
+    Attributes:
+        checkpoint: the checkpoint, with ``commit`` filled in for ``hub``.
+        weights_sha256: 64 hex digits (:func:`weights_hash`).
+        download_bytes: ``hub``: bytes of config + weights, else None.
+        cached: ``hub``: the revision is in the local HF cache; other sources: True.
+    """
+
+    checkpoint: Checkpoint
+    weights_sha256: str
+    download_bytes: int | None = None
+    cached: bool = True
+
+
+def resolve(ckpt: Checkpoint) -> Resolved:
+    """Resolve a checkpoint and its weights hash; downloads nothing.
+
+    ``hub``: one metadata request (:func:`xalign.hub.resolve_revision`); the hash comes from
+    the Hub's SHA-256 of each weight file, so duplicate revisions are found before any
+    download. Other sources: the checkpoint unchanged and :func:`weights_hash`.
+
+    Raises:
+        CheckpointError: as :func:`weights_hash` (hub: missing revision or repo, offline and
+            not cached; one line).
+    """
+    from . import hub
+
+    if ckpt.source != "hub":
+        return Resolved(ckpt, weights_hash(ckpt))
+    rev = _revision(ckpt)
+    cached = rev.snapshot is not None or hub.cached_revision(rev.repo, rev.commit) is not None
+    return Resolved(replace(ckpt, commit=rev.commit), rev.weights_sha256(), rev.download_bytes(), cached)
+
+
+def series_table(ckpts: list[Checkpoint]) -> list[dict]:
+    """Resolve a series (:func:`resolve`) and mark checkpoints with identical weights.
+
+    Checkpoints whose weights hash equals another's are all excluded, as the paper did for
+    BLOOM's identical released checkpoints (Wang et al. 2024, Sec. 4); for Hub series this
+    is decided from metadata, before any download.
+
+    Returns:
+        One dict per checkpoint: name, step, source, location, revision, commit,
+        tokenizer_location, gguf_file, weights_sha256, download_bytes, cached, excluded,
+        duplicate_of (names with the same weights).
+    """
+    rows = []
+    for c in ckpts:
+        r = resolve(c)
+        k = r.checkpoint
+        rows.append({"name": k.name, "step": k.step, "source": k.source, "location": k.location,
+                     "revision": k.revision, "commit": k.commit, "tokenizer_location": k.tokenizer_location,
+                     "gguf_file": k.gguf_file, "weights_sha256": r.weights_sha256,
+                     "download_bytes": r.download_bytes, "cached": r.cached})
+    for r in rows:
+        same = [o["name"] for o in rows if o is not r and o["weights_sha256"] == r["weights_sha256"]]
+        r["excluded"], r["duplicate_of"] = bool(same), same
+    return rows
+
+
+def checkpoint_from_row(row: dict) -> Checkpoint:
+    """The :class:`Checkpoint` of a :func:`series_table` row (or a ``checkpoints.json`` row)."""
+    return Checkpoint(row["name"], row["step"], row["source"], row["location"], row.get("revision"),
+                      row.get("tokenizer_location"), row.get("gguf_file"), row.get("commit"))
+
+
+def local_files(ckpt: Checkpoint) -> tuple[str, str]:
+    """Local folders of a checkpoint's model and tokenizer, downloading Hub files on demand.
+
+    ``hub``: config and weights of the (resolved) revision, and the tokenizer files of
+    ``tokenizer_location`` at its default revision (else of the revision itself), into the
+    HF cache (:func:`xalign.hub.download`). Other sources: ``location`` and
+    ``tokenizer_location or location`` as they are.
+
+    Returns:
+        ``(model_folder, tokenizer_folder)``.
+
+    Raises:
+        CheckpointError: download failed, offline and not cached, corrupt download (one line).
+    """
+    from . import hub
+
+    if ckpt.source != "hub":
+        return ckpt.location, ckpt.tokenizer_location or ckpt.location
+    rev = _revision(ckpt)
+    folder = hub.download(rev)
+    if ckpt.tokenizer_location:
+        tok = hub.download(hub.resolve_revision(ckpt.tokenizer_location, "main"), list(hub.TOKENIZER_PATTERNS))
+    else:
+        tok = hub.download(rev, list(hub.TOKENIZER_PATTERNS))
+    return str(folder), str(tok)
+
+
+def release_files(ckpt: Checkpoint) -> int:
+    """Delete a Hub checkpoint's revision from the HF cache (``checkpoints.keep_weights: false``).
+
+    Other sources are never touched. The shared tokenizer repo is kept (it is small).
+
+    Returns:
+        Bytes freed (0 for other sources or a revision not cached).
+    """
+    from . import hub
+
+    if ckpt.source != "hub" or not ckpt.commit:
+        return 0
+    return hub.release(ckpt.location, ckpt.commit)
+
+
+def load_config(ckpt: Checkpoint, folder: str | None = None):
+    """The model config (``AutoConfig``) of a checkpoint (hub: downloads its files on demand).
+
+    Args:
+        folder: the model folder from :func:`local_files`, if already known.
 
     Raises:
         CheckpointError: unreachable, missing revision, or unreadable (one line).
     """
     from transformers import AutoConfig
 
+    folder = folder or local_files(ckpt)[0]
     try:
-        return AutoConfig.from_pretrained(ckpt.location, **_hub_kwargs(ckpt))
+        return AutoConfig.from_pretrained(folder, **_hub_kwargs(ckpt))
     except Exception as e:
         raise _load_error(ckpt, "config", e) from None
 
 
-def load_tokenizer(ckpt: Checkpoint):
+def load_tokenizer(ckpt: Checkpoint, folder: str | None = None):
     """The tokenizer of a checkpoint: ``tokenizer_location`` if set, else ``location``.
 
     A separate tokenizer location is read at its default revision (the BLOOM
     intermediate repos have no tokenizer; it comes from ``bigscience/bloom-560m``).
+
+    Args:
+        folder: the tokenizer folder from :func:`local_files`, if already known.
 
     Raises:
         CheckpointError: unreachable, missing revision, or no tokenizer (one line).
     """
     from transformers import AutoTokenizer
 
-    if ckpt.tokenizer_location:
-        where, kw = ckpt.tokenizer_location, {}
-    else:
-        where, kw = ckpt.location, _hub_kwargs(ckpt)
+    where = folder or local_files(ckpt)[1]
     try:
-        return AutoTokenizer.from_pretrained(where, **kw)
+        return AutoTokenizer.from_pretrained(where, **({} if ckpt.tokenizer_location else _hub_kwargs(ckpt)))
     except Exception as e:
-        raise _load_error(ckpt, f"tokenizer from {where}", e) from None
+        raise _load_error(ckpt, f"tokenizer from {ckpt.tokenizer_location or ckpt.describe()}", e) from None
 
 
 def load_model(ckpt: Checkpoint, dtype: str = "float32"):
     """Load a checkpoint's base model (``AutoModel``, no LM head) and its tokenizer.
 
-    BLOOM supports only eager attention in transformers 5, so ``attn_implementation=
-    "eager"`` is set for ``model_type == "bloom"``. GGUF files are de-quantised to
-    ``dtype`` by transformers (slow: minutes for a 270M model on CPU).
+    Hub checkpoints are downloaded on demand (config and weights only, into the HF cache;
+    :func:`local_files`). BLOOM supports only eager attention in transformers 5, so
+    ``attn_implementation="eager"`` is set for ``model_type == "bloom"``. GGUF files are
+    de-quantised to ``dtype`` by transformers (slow: minutes for a 270M model on CPU).
 
     Args:
         ckpt: from :func:`list_checkpoints`.
@@ -315,38 +431,37 @@ def load_model(ckpt: Checkpoint, dtype: str = "float32"):
 
     if dtype not in _DTYPES:
         raise CheckpointError(f"checkpoints.dtype: unknown dtype '{dtype}'; known: {list(_DTYPES)}")
-    config = load_config(ckpt)
+    folder, tok_folder = local_files(ckpt)
+    config = load_config(ckpt, folder)
     kw = _hub_kwargs(ckpt)
     if getattr(config, "model_type", None) == "bloom":
         kw["attn_implementation"] = "eager"
     try:
-        model = AutoModel.from_pretrained(ckpt.location, config=config, dtype=_DTYPES[dtype], **kw)
+        model = AutoModel.from_pretrained(folder, config=config, dtype=_DTYPES[dtype], **kw)
     except Exception as e:
         raise _load_error(ckpt, "model", e) from None
     model.eval()
-    return model, load_tokenizer(ckpt)
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-    return [f for f in files if f.is_file()]
+    return model, load_tokenizer(ckpt, tok_folder)
 
 
 def weights_hash(ckpt: Checkpoint) -> str:
     """SHA-256 identifying a checkpoint's weights.
 
     Local folders (``lab``/``local``): over the ``*.safetensors`` files (or ``*.bin``
-    if there are none), each contributing its name and its own SHA-256, in name order.
-    ``gguf``: over the GGUF file. ``hub``: over the weight files of the revision in the
-    local Hugging Face cache (never downloads).
+    if there are none), each contributing its name and its own SHA-256, in name order
+    (:func:`xalign.hub.combine_hashes`). ``gguf``: over the GGUF file. ``hub``: the same
+    formula over the SHA-256s the Hub stores for the revision's LFS weight files, so
+    nothing is downloaded (offline: over the files of the cached snapshot).
 
     Returns:
         64 hex digits.
 
     Raises:
-        CheckpointError: no weight files, or a Hub revision not in the local cache.
+        CheckpointError: no weight files; hub: missing revision or repo, offline and not
+            in the local cache (one line).
     """
-    from xalign.store import file_sha256
+    from . import hub
+    from .store import file_sha256
 
     if ckpt.source == "gguf":
         path = Path(ckpt.location) / (ckpt.gguf_file or "")
@@ -354,22 +469,12 @@ def weights_hash(ckpt: Checkpoint) -> str:
             raise CheckpointError(f"{path}: GGUF file not found (hashes are for local files only)")
         return file_sha256(path)
     if ckpt.source == "hub":
-        from huggingface_hub import snapshot_download
-
-        try:
-            folder = Path(snapshot_download(ckpt.location, revision=ckpt.revision, local_files_only=True,
-                                            allow_patterns=["*.safetensors", "*.bin"]))
-        except Exception as e:
-            raise CheckpointError(f"hub {ckpt.describe()}: weights not in the local cache ({_reason(e)})") from None
-    else:
-        folder = Path(ckpt.location)
-    files = _weight_files(folder)
-    if not files:
+        return resolve(ckpt).weights_sha256
+    folder = Path(ckpt.location)
+    names = hub.weight_file_names([p.name for p in folder.iterdir() if p.is_file()]) if folder.is_dir() else []
+    if not names:
         raise CheckpointError(f"{folder}: no *.safetensors or *.bin weight files")
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode("utf-8") + b"\0" + file_sha256(f).encode("ascii") + b"\n")
-    return h.hexdigest()
+    return hub.combine_hashes([(n, file_sha256(folder / n)) for n in names])
 
 
 def _text_config(model_or_config):
@@ -390,3 +495,73 @@ def num_hidden_states(model) -> int:
     (ℓ = 1 is the embedding output).
     """
     return int(_text_config(model).num_hidden_layers) + 1
+
+
+# ---------------------------------------------------------------------------------------
+# python -m xalign.checkpoints list|download params/<run>.yaml
+# ---------------------------------------------------------------------------------------
+def series_of(cp, run_dir: str | Path | None = None) -> list[Checkpoint]:
+    """:func:`list_checkpoints` for a run's ``checkpoints`` params (:class:`~xalign.params.CheckpointsParams`)."""
+    return list_checkpoints(cp.source, run_dir=run_dir, repo=cp.repo, tokenizer_repo=cp.tokenizer_repo,
+                            revisions=cp.revisions, local_dir=cp.local_dir, gguf_file=cp.gguf_file,
+                            final_repo=cp.final_repo, gguf_package=cp.gguf_package)
+
+
+def _gb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e9:.2f} GB"
+
+
+def format_series(rows: list[dict]) -> str:
+    """The plain-text table ``python -m xalign.checkpoints list`` prints (one row per checkpoint)."""
+    head = f"{'name':<22} {'step':>8}  {'revision':<22} {'commit':<12}  {'weights':<12}  {'size':>9}  note"
+    lines = [head]
+    for r in rows:
+        note = ("same weights as " + ", ".join(r["duplicate_of"]) + ": excluded") if r["excluded"] else \
+            ("cached" if r["cached"] and r["source"] == "hub" else "")
+        step = "" if r["step"] is None else str(r["step"])
+        lines.append(f"{r['name']:<22} {step:>8}  {(r['revision'] or ''):<22} {(r['commit'] or '')[:12]:<12}  "
+                     f"{r['weights_sha256'][:12]}  {_gb(r['download_bytes']) if r['source'] == 'hub' else '':>9}  "
+                     f"{note}".rstrip())
+    keep = [r for r in rows if not r["excluded"]]
+    todo = [r for r in keep if r["source"] == "hub" and not r["cached"]]
+    lines.append(f"{len(rows)} checkpoints, {len(rows) - len(keep)} excluded as duplicates; "
+                 f"to download: {len(todo)} ({_gb(sum(r['download_bytes'] or 0 for r in todo))}, "
+                 "plus the tokenizer)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xalign.checkpoints list|download PARAMS``: show or pre-fetch a run's series.
+
+    ``list`` resolves every checkpoint (Hub: metadata only) and prints revisions, commit SHAs,
+    weights hashes, duplicates and download sizes. ``download`` also fetches the kept
+    checkpoints' config, weights and tokenizer into the HF cache (e.g. on a login node,
+    before SLURM jobs on nodes without internet). Exit 1 with one line on an error.
+    """
+    import argparse
+    import sys
+
+    from .params import ParamsError, load_params
+
+    ap = argparse.ArgumentParser(prog="python -m xalign.checkpoints", description=main.__doc__.splitlines()[0])
+    ap.add_argument("command", choices=["list", "download"])
+    ap.add_argument("params", help="params/<run>.yaml")
+    a = ap.parse_args(argv)
+    try:
+        P = load_params(a.params)
+        rows = series_table(series_of(P.checkpoints, P.run_dir()))
+        print(f"{P.run_name}: checkpoints.source={P.checkpoints.source} {P.checkpoints.repo or ''}".rstrip())
+        print(format_series(rows))
+        if a.command == "download":
+            for r in rows:
+                if not r["excluded"]:
+                    model, tok = local_files(checkpoint_from_row(r))
+                    print(f"{r['name']}: {model}" + (f" (tokenizer {tok})" if tok != model else ""))
+    except (ParamsError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -118,6 +118,9 @@ class CheckpointsParams(_Strict):
     gguf_file: str | None = None
     gguf_package: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    #: hub only: false deletes a checkpoint's files from the HF cache once the stages that
+    #: need its weights (extraction, transfer) have their results; hashes stay in the manifest.
+    keep_weights: bool = True
 
     @model_validator(mode="after")
     def _check_source_fields(self) -> "CheckpointsParams":

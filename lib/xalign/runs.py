@@ -268,7 +268,8 @@ def run_data_prep(P: RunParams) -> StageSummary:
 def resolve_checkpoints(P: RunParams, manifest: Manifest | None = None) -> list:
     """List the run's checkpoint series, record provenance, drop duplicate weights.
 
-    Writes ``checkpoints.json`` (name, step, source, location, revision, weights hash) and,
+    Writes ``checkpoints.json`` (name, step, source, location, revision, the Hub commit it
+    resolved to, weights hash, download size, duplicates) and,
     given the run's ``manifest``, records it there. Checkpoints whose weights hash equals
     another's are all excluded with a warning, as the paper did for BLOOM's identical
     released checkpoints (Wang et al. 2024, Sec. 4).
@@ -279,30 +280,33 @@ def resolve_checkpoints(P: RunParams, manifest: Manifest | None = None) -> list:
     from . import checkpoints as ck
 
     cp = P.checkpoints
-    ckpts = ck.list_checkpoints(cp.source, run_dir=P.run_dir(), repo=cp.repo, tokenizer_repo=cp.tokenizer_repo,
-                                revisions=cp.revisions, local_dir=cp.local_dir, gguf_file=cp.gguf_file,
-                                final_repo=cp.final_repo, gguf_package=cp.gguf_package)
+    ckpts = ck.series_of(cp, P.run_dir())
     if not ckpts:
         raise FileNotFoundError(f"checkpoints.source={cp.source}: no checkpoints found "
                                 f"(for 'lab', run notebook 00_pretrain first)")
-    rows = []
-    for c in ckpts:
-        rows.append({"name": c.name, "step": c.step, "source": c.source, "location": c.location,
-                     "revision": c.revision, "tokenizer_location": c.tokenizer_location,
-                     "gguf_file": c.gguf_file, "weights_sha256": ck.weights_hash(c)})
-    hashes = pd.Series([r["weights_sha256"] for r in rows])
-    dup = hashes.duplicated(keep=False) & hashes.notna()
-    for r, is_dup in zip(rows, dup):
-        r["excluded"] = bool(is_dup)
-        if is_dup:
-            log.warning("checkpoint %s has the same weights as another checkpoint: excluded", r["name"])
+    rows = ck.series_table(ckpts)  # hub: metadata only, duplicates found before any download
+    for r in rows:
+        if r["excluded"]:
+            log.warning("checkpoint %s has the same weights as %s: excluded", r["name"], ", ".join(r["duplicate_of"]))
     dest = P.run_dir() / "checkpoints.json"
-    write_json(rows, dest)
+    write_json([{k: v for k, v in r.items() if k != "cached"} for r in rows], dest)
     if manifest is not None:
         config = _cfg(cp)
         manifest.record(dest, "checkpoints", identity("checkpoints", config, {"rows": content_sha256(rows)}),
                         config)
-    return [c for c, is_dup in zip(ckpts, dup) if not is_dup]
+    return [ck.checkpoint_from_row(r) for r in rows if not r["excluded"]]
+
+
+def _release_weights(P: RunParams, c) -> None:
+    """``checkpoints.keep_weights: false``: drop a Hub checkpoint's files from the HF cache
+    once the last stage that needs them (transfer, else extraction) has its results."""
+    from . import checkpoints as ck
+
+    if not P.checkpoints.keep_weights:
+        freed = ck.release_files(c)
+        if freed:
+            log.info("checkpoint %s: removed from the HF cache (%.2f GB freed; keep_weights: false)",
+                     c.name, freed / 1e9)
 
 
 def _vectors_path(run_dir: Path, ckpt_name: str, lang: str) -> Path:
@@ -385,6 +389,8 @@ def run_extraction(P: RunParams) -> StageSummary:
             else:
                 todo.append((lang, dest, words_f, keep_sents, config, inputs, ident))
         if not todo:
+            if not P.transfer.tasks:
+                _release_weights(P, c)
             continue
         model, tok = ck.load_model(c, dtype=P.checkpoints.dtype)
         model.to(device)
@@ -428,6 +434,8 @@ def run_extraction(P: RunParams) -> StageSummary:
                 s.skipped.append(f"{c.name}/{lang}: {res.n_sentences_skipped} sentences longer than "
                                  f"max_length={ep.max_length}")
         del model
+        if not P.transfer.tasks:  # no later stage needs the weights
+            _release_weights(P, c)
     s.tables["extracted"] = pd.DataFrame(rows)
     return _finish(st)
 
@@ -647,6 +655,7 @@ def run_transfer(P: RunParams) -> StageSummary:
     ``transfer/parts/<checkpoint>/<task>.parquet`` and reused while the checkpoint's
     weights, the training/evaluation data and the transfer params are unchanged.
     """
+    from . import checkpoints as ck
     from . import data
     from .transfer import TransferConfig, finetune_pos, finetune_xnli, split_xnli_dev
 
@@ -692,8 +701,8 @@ def run_transfer(P: RunParams) -> StageSummary:
                 out.append(read_table(dest))
                 s.reused += 1
                 continue
-            df = fns[task](c["location"], *sets[task], cfg, revision=c["revision"],
-                           tokenizer_path=c["tokenizer_location"])
+            model_dir, tok_dir = ck.local_files(ck.checkpoint_from_row(c))  # hub: download on demand
+            df = fns[task](model_dir, *sets[task], cfg, revision=None, tokenizer_path=tok_dir)
             df = df.assign(task=task)
             df.insert(0, "step", c["step"])
             df.insert(0, "checkpoint", c["name"])
@@ -701,6 +710,7 @@ def run_transfer(P: RunParams) -> StageSummary:
             st.record(dest, ident, config, inputs)
             out.append(df)
             s.computed += 1
+        _release_weights(P, ck.checkpoint_from_row(c))
     res = pd.concat(out, ignore_index=True) if out else pd.DataFrame()
     dest = run_dir / "transfer" / "results.parquet"
     write_table(res, dest, csv=True)
