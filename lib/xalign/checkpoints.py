@@ -253,9 +253,15 @@ def _load_error(ckpt: Checkpoint, what: str, e: Exception) -> CheckpointError:
 
 
 def _revision(ckpt: Checkpoint):
+    """The :class:`~xalign.hub.HubRevision` of a hub checkpoint, by revision name; a checkpoint
+    already resolved must still be at the same commit."""
     from . import hub
 
-    return hub.resolve_revision(ckpt.location, ckpt.commit or ckpt.revision or "main")
+    rev = hub.resolve_revision(ckpt.location, ckpt.revision or "main")
+    if ckpt.commit and rev.commit != ckpt.commit:
+        raise CheckpointError(f"hub {ckpt.describe()}: now at commit {rev.commit[:12]}, resolved as "
+                              f"{ckpt.commit[:12]} earlier in this run; run again to use the new commit")
+    return rev
 
 
 @dataclass(frozen=True)
@@ -563,5 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # run the package module's main, so its error classes are the ones raised
+    from xalign.checkpoints import main as _main
+
+    raise SystemExit(_main())

@@ -125,10 +125,14 @@ def _reason(e: BaseException) -> str:
 
 def _hub_error(repo: str, revision: str, e: BaseException) -> HubError:
     """Map huggingface_hub's errors to one line naming repo, revision and what to do."""
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     where = f"hub {repo}@{revision}"
+    if isinstance(e, LocalEntryNotFoundError):
+        return HubError(f"{where}: offline and its files are not in the local HF cache: go online once "
+                        "(unset HF_HUB_OFFLINE), or run `python -m xalign.checkpoints download <params.yaml>` "
+                        "where the Hub is reachable and share HF_HOME")
     if isinstance(e, RevisionNotFoundError):
         return HubError(f"{where}: no such revision in {repo} (see its branches: "
                         f"python -m xalign.checkpoints list <params.yaml>, or checkpoints.revisions)")
@@ -166,9 +170,9 @@ def resolve_revision(repo: str, revision: str) -> HubRevision:
         info = HfApi().model_info(repo, revision=revision, files_metadata=True)
     except Exception as e:
         if _offline_error(e):
-            cached = cached_revision(repo, revision)
-            if cached is not None:
-                return cached
+            known = _read_record(repo, revision) or cached_revision(repo, revision)
+            if known is not None:
+                return known
             from huggingface_hub import constants
 
             raise HubError(f"hub {repo}@{revision}: offline ({_reason(e)}) and not in the local HF cache "
@@ -177,7 +181,46 @@ def resolve_revision(repo: str, revision: str) -> HubRevision:
                            "and share HF_HOME") from None
         raise _hub_error(repo, revision, e) from None
     files = tuple(HubFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None) for s in info.siblings or [])
-    return HubRevision(repo, revision, info.sha, files)
+    rev = HubRevision(repo, revision, info.sha, files)
+    _write_record(rev)
+    return rev
+
+
+def _record_path(repo: str, revision: str) -> Path:
+    from urllib.parse import quote
+
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "xalign" / "revisions" / repo.replace("/", "--") / f"{quote(revision, safe='')}.json"
+
+
+def _write_record(rev: HubRevision) -> None:
+    """Keep what the Hub said about a revision beside the HF cache (``$HF_HOME/xalign/revisions``),
+    so an offline run still knows the commit and weights hash of revisions it never
+    downloaded (duplicates) and of those it did."""
+    import json
+
+    from .store import atomic_path
+
+    dest = _record_path(rev.repo, rev.revision)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    body = {"repo": rev.repo, "revision": rev.revision, "commit": rev.commit,
+            "files": [[f.path, f.size, f.sha256] for f in rev.files]}
+    with atomic_path(dest) as tmp:
+        Path(tmp).write_text(json.dumps(body), encoding="utf-8")
+
+
+def _read_record(repo: str, revision: str) -> HubRevision | None:
+    import json
+
+    path = _record_path(repo, revision)
+    if not path.is_file():
+        return None
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        return HubRevision(repo, revision, body["commit"], tuple(HubFile(*f) for f in body["files"]))
+    except (ValueError, KeyError, TypeError):
+        return None  # a damaged record is ignored, as if never written
 
 
 def cached_revision(repo: str, revision: str) -> HubRevision | None:
@@ -204,7 +247,7 @@ def cached_revision(repo: str, revision: str) -> HubRevision | None:
 def download(rev: HubRevision, patterns: list[str] | None = None) -> Path:
     """Download the model files of a revision (or the files matching ``patterns``) into the HF cache.
 
-    Pinned to ``rev.commit``; progress bars and resuming (``.incomplete`` files, HTTP Range)
+    Checked against ``rev.commit``; progress bars and resuming (``.incomplete`` files, HTTP Range)
     are huggingface_hub's. For model files the weights are checked against the Hub's
     SHA-256 afterwards. A revision resolved offline from the cache is returned as it is.
 
@@ -219,10 +262,13 @@ def download(rev: HubRevision, patterns: list[str] | None = None) -> Path:
     if rev.snapshot is not None:
         return Path(rev.snapshot)
     allow = list(patterns) if patterns is not None else rev.model_files()
-    try:
-        folder = Path(snapshot_download(rev.repo, revision=rev.commit, allow_patterns=allow))
+    try:  # by name, so the cache records the ref (offline runs find it); checked against the commit
+        folder = Path(snapshot_download(rev.repo, revision=rev.revision, allow_patterns=allow))
     except Exception as e:
         raise _hub_error(rev.repo, rev.revision, e) from None
+    if folder.name != rev.commit:
+        raise HubError(f"hub {rev.describe()}: the revision moved from commit {rev.commit[:12]} to "
+                       f"{folder.name[:12]} during this run; run again to use the new commit")
     if patterns is None:
         _verify(rev, folder)
     return folder
