@@ -9,8 +9,13 @@ values occurring at least ``min_count`` times in every split are kept; an attrib
 fewer than two such values is skipped for that language.
 
 The module also reads the other data the pipeline needs: XNLI dev/test (Conneau et al.
-2018, XTREME's TSV files) and (word forms, UPOS) sentences for the zero-shot POS
-transfer stage, and treebank sentences as pretraining text for the tiny-model lab.
+2018, XTREME's TSV files) and MultiNLI train in the same format, (word forms, UPOS)
+sentences for the zero-shot POS transfer stage, and treebank sentences as pretraining
+text for the tiny-model lab.
+
+``python -m xalign.data fetch`` (:func:`main`, :mod:`xalign.fetch`) builds a data root
+from the official archives (UD v2.1, XNLI 1.0, MultiNLI 1.0, XTREME's UD v2.5 English
+POS data); missing-file errors name the fetch command that provides the file.
 
 Bad input raises an error with a one-line message naming the file (and line) and the problem.
 """
@@ -35,8 +40,10 @@ from xalign.unimorph import ATTRIBUTES, UniMorphError, attribute_values, to_unim
 logger = logging.getLogger("xalign.data")
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
-UD_SOURCE = "the official UD v2.1 release (https://universaldependencies.org; see the data bundle README)"
-XNLI_SOURCE = "XNLI 1.0 (Conneau et al. 2018) dev/test as preprocessed by XTREME (see the data bundle README)"
+FETCH_COMMAND = "python -m xalign.data fetch"
+UD_SOURCE = f"the official UD v2.1 release (fetch with `{FETCH_COMMAND} --only ud`)"
+XNLI_SOURCE = f"XNLI 1.0 (Conneau et al. 2018) dev/test (fetch with `{FETCH_COMMAND} --only xnli`)"
+MNLI_SOURCE = f"MultiNLI 1.0 train, the English XNLI training data (fetch with `{FETCH_COMMAND} --only mnli`)"
 XNLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 
 
@@ -115,7 +122,7 @@ def find_treebank_files(data_root: str | Path, lang: str, treebank: str | None =
     folder = Path(data_root) / "ud" / treebank
     expected = f"{folder}/*-ud-{{train,dev,test}}.conllu"
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: treebank folder not found; expected {expected} from {UD_SOURCE}")
+        raise FileNotFoundError(f"{folder}: treebank folder not found; expected {expected} from {_ud_source(treebank)}")
     files: dict[str, Path] = {}
     for split in SPLITS:
         found = sorted(folder.glob(f"*-ud-{split}.conllu"))
@@ -124,8 +131,15 @@ def find_treebank_files(data_root: str | Path, lang: str, treebank: str | None =
         if found:
             files[split] = found[0]
     if not files:
-        raise FileNotFoundError(f"{folder}: no treebank split files; expected {expected} from {UD_SOURCE}")
+        raise FileNotFoundError(f"{folder}: no treebank split files; expected {expected} from {_ud_source(treebank)}")
     return files
+
+
+def _ud_source(treebank: str) -> str:
+    """Where a treebank folder comes from: UD v2.1, except GUM (not in v2.1; fetched from UD v2.5)."""
+    if treebank == "UD_English-GUM":
+        return f"UD v2.5 (GUM is not in UD v2.1; fetch with `{FETCH_COMMAND} --only udpos`)"
+    return UD_SOURCE
 
 
 # ---------------------------------------------------------------------------------------
@@ -608,7 +622,8 @@ def read_xnli(data_root: str | Path, split: str, lang: str, max_rows: int | None
     """XNLI pairs of one language and split: ``<data_root>/xnli/<split>-<lang>.tsv``.
 
     Rows are parallel across languages (row i is the same item), so ``max_rows`` keeps the
-    first rows rather than a random sample.
+    first rows rather than a random sample. ``split="train"``, ``lang="en"`` reads
+    ``xnli/train-en.tsv``, MultiNLI 1.0 train, written by ``python -m xalign.data fetch --only mnli``.
 
     Returns:
         DataFrame with string columns ``premise, hypothesis, label`` (label in
@@ -623,9 +638,8 @@ def read_xnli(data_root: str | Path, split: str, lang: str, max_rows: int | None
     if not path.is_file():
         have = sorted(p.stem for p in folder.glob("*.tsv")) if folder.is_dir() else []
         avail = f"available: {', '.join(have)}" if have else f"{folder} has no .tsv files"
-        if split == "train":
-            avail += "; the English train split (MultiNLI) is not in the bundle"
-        raise FileNotFoundError(f"{path}: XNLI file not found (expected from {XNLI_SOURCE}; {avail})")
+        source = MNLI_SOURCE if split == "train" else XNLI_SOURCE
+        raise FileNotFoundError(f"{path}: XNLI file not found (expected from {source}; {avail})")
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     try:
@@ -685,3 +699,32 @@ def treebank_texts(data_root: str | Path, lang: str, max_sentences: int | None =
     :func:`read_treebank`; pretraining text for the tiny-model lab."""
     files = find_treebank_files(data_root, lang, treebank)
     return [s.text for s in read_treebank(files, max_sentences, seed)]
+
+
+# ---------------------------------------------------------------------------------------
+# Command line: python -m xalign.data fetch ...
+# ---------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m xalign.data fetch [--root DIR] [--only ud,xnli,mnli,udpos] ...``: build a data
+    root from the official archives (:mod:`xalign.fetch`, which documents the layout).
+
+    Returns the exit status: 0, or 1 after printing a one-line ``error: ...`` to stderr.
+    """
+    import argparse
+    import sys
+
+    from xalign import fetch
+
+    parser = argparse.ArgumentParser(prog="python -m xalign.data", description="xalign data tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch.add_arguments(sub.add_parser("fetch", help="download UD v2.1/v2.5, XNLI 1.0, MultiNLI 1.0 into a data root"))
+    args = parser.parse_args(argv)
+    try:
+        return fetch.run_cli(args)
+    except fetch.FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
