@@ -41,7 +41,6 @@ archives, for machines where the archive URLs are blocked.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import io
 import json
@@ -63,6 +62,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 from tqdm import tqdm
 
 from xalign import data
+from xalign.store import file_sha256
 
 STEPS: tuple[str, ...] = ("ud", "xnli", "mnli", "udpos")
 XNLI_LANGUAGES: tuple[str, ...] = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr",
@@ -174,15 +174,6 @@ class _Interrupted(Exception):
         self.got, self.total, self.reason = got, total, reason
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 (hex) of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify(path: str | Path, source: Source) -> tuple[int, str, str]:
     """Check a downloaded file against ``source.size`` / ``source.sha256`` (where known).
 
@@ -198,7 +189,7 @@ def verify(path: str | Path, source: Source) -> tuple[int, str, str]:
     if source.size is not None and size != source.size:
         raise FetchError(f"{source.name}: size mismatch (expected {source.size:,} bytes, got {size:,}); "
                          f"delete {path} and retry")
-    sha = sha256_file(path)
+    sha = file_sha256(path)
     if source.sha256 is not None and sha != source.sha256.lower():
         raise FetchError(f"{source.name}: SHA-256 mismatch (expected {source.sha256}, got {sha}); "
                          f"delete {path} and retry")
@@ -640,7 +631,7 @@ def _build_mnli_hf(stage: _Stage) -> list[dict]:
 
 def _output_record(stage: _Stage, rel: str, url: str) -> dict:
     p = stage.new / rel
-    return {"name": rel, "url": url, "bytes": p.stat().st_size, "sha256": sha256_file(p),
+    return {"name": rel, "url": url, "bytes": p.stat().st_size, "sha256": file_sha256(p),
             "check": "converted from Hugging Face datasets"}
 
 
