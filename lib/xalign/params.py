@@ -53,10 +53,10 @@ class PretrainParams(_Strict):
         default_factory=lambda: ["tatoeba", "panx", "ud"])
     max_lines_per_source: int | None = Field(4000, ge=1)
     #: torch intra-op threads while training. The thread count changes float reductions, so
-    #: the weights are bitwise reproducible only at the same count (and CPU kernels): 1 thread
-    #: gave step-1200 eval loss 4.974132, 2 threads 4.979131. None = torch's default, which
-    #: differs between machines.
-    threads: int | None = Field(2, ge=1)
+    #: the weights are bitwise reproducible only at the same count (and CPU kernels): the tiny
+    #: lab's step-1200 eval loss was 4.974132 at 1 thread on two machines, 4.972825 at 2.
+    #: None = torch's default, which differs between machines.
+    threads: int | None = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _steps_increasing(self) -> "PretrainParams":
