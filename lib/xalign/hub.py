@@ -26,7 +26,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import CheckpointError
+from .checkpoints import CheckpointError, _reason
 
 #: Files a tokenizer may need (``AutoTokenizer`` reads config.json for the model type).
 TOKENIZER_PATTERNS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*",
@@ -116,11 +116,6 @@ class HubRevision:
         from .store import file_sha256
 
         return combine_hashes([(f.path, file_sha256(Path(self.snapshot) / f.path)) for f in files])
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
 
 
 def _hub_error(repo: str, revision: str, e: BaseException) -> HubError:
