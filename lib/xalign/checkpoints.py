@@ -272,13 +272,11 @@ class Resolved:
         checkpoint: the checkpoint, with ``commit`` filled in for ``hub``.
         weights_sha256: 64 hex digits (:func:`weights_hash`).
         download_bytes: ``hub``: bytes of config + weights, else None.
-        cached: ``hub``: the revision is in the local HF cache; other sources: True.
     """
 
     checkpoint: Checkpoint
     weights_sha256: str
     download_bytes: int | None = None
-    cached: bool = True
 
 
 def resolve(ckpt: Checkpoint) -> Resolved:
@@ -292,13 +290,10 @@ def resolve(ckpt: Checkpoint) -> Resolved:
         CheckpointError: as :func:`weights_hash` (hub: missing revision or repo, offline and
             not cached; one line).
     """
-    from . import hub
-
     if ckpt.source != "hub":
         return Resolved(ckpt, weights_hash(ckpt))
     rev = _revision(ckpt)
-    cached = rev.snapshot is not None or hub.cached_revision(rev.repo, rev.commit) is not None
-    return Resolved(replace(ckpt, commit=rev.commit), rev.weights_sha256(), rev.download_bytes(), cached)
+    return Resolved(replace(ckpt, commit=rev.commit), rev.weights_sha256(), rev.download_bytes())
 
 
 def series_table(ckpts: list[Checkpoint]) -> list[dict]:
@@ -310,7 +305,7 @@ def series_table(ckpts: list[Checkpoint]) -> list[dict]:
 
     Returns:
         One dict per checkpoint: name, step, source, location, revision, commit,
-        tokenizer_location, gguf_file, weights_sha256, download_bytes, cached, excluded,
+        tokenizer_location, gguf_file, weights_sha256, download_bytes, excluded,
         duplicate_of (names with the same weights).
     """
     rows = []
@@ -320,7 +315,7 @@ def series_table(ckpts: list[Checkpoint]) -> list[dict]:
         rows.append({"name": k.name, "step": k.step, "source": k.source, "location": k.location,
                      "revision": k.revision, "commit": k.commit, "tokenizer_location": k.tokenizer_location,
                      "gguf_file": k.gguf_file, "weights_sha256": r.weights_sha256,
-                     "download_bytes": r.download_bytes, "cached": r.cached})
+                     "download_bytes": r.download_bytes})
     for r in rows:
         same = [o["name"] for o in rows if o is not r and o["weights_sha256"] == r["weights_sha256"]]
         r["excluded"], r["duplicate_of"] = bool(same), same
@@ -519,19 +514,27 @@ def _gb(n: int | None) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
 
 
+def _in_cache(row: dict) -> bool:
+    from . import hub
+
+    return row["source"] == "hub" and hub.cached_revision(row["location"], row["commit"]) is not None
+
+
 def format_series(rows: list[dict]) -> str:
-    """The plain-text table ``python -m xalign.checkpoints list`` prints (one row per checkpoint)."""
+    """The plain-text table ``python -m xalign.checkpoints list`` prints (one row per checkpoint;
+    Hub revisions already in the local HF cache are marked ``cached``)."""
+    cached = {r["name"] for r in rows if _in_cache(r)}
     head = f"{'name':<22} {'step':>8}  {'revision':<22} {'commit':<12}  {'weights':<12}  {'size':>9}  note"
     lines = [head]
     for r in rows:
         note = ("same weights as " + ", ".join(r["duplicate_of"]) + ": excluded") if r["excluded"] else \
-            ("cached" if r["cached"] and r["source"] == "hub" else "")
+            ("cached" if r["name"] in cached else "")
         step = "" if r["step"] is None else str(r["step"])
         lines.append(f"{r['name']:<22} {step:>8}  {(r['revision'] or ''):<22} {(r['commit'] or '')[:12]:<12}  "
                      f"{r['weights_sha256'][:12]}  {_gb(r['download_bytes']) if r['source'] == 'hub' else '':>9}  "
                      f"{note}".rstrip())
     keep = [r for r in rows if not r["excluded"]]
-    todo = [r for r in keep if r["source"] == "hub" and not r["cached"]]
+    todo = [r for r in keep if r["source"] == "hub" and r["name"] not in cached]
     lines.append(f"{len(rows)} checkpoints, {len(rows) - len(keep)} excluded as duplicates; "
                  f"to download: {len(todo)} ({_gb(sum(r['download_bytes'] or 0 for r in todo))}, "
                  "plus the tokenizer)")

@@ -289,7 +289,7 @@ def resolve_checkpoints(P: RunParams, manifest: Manifest | None = None) -> list:
         if r["excluded"]:
             log.warning("checkpoint %s has the same weights as %s: excluded", r["name"], ", ".join(r["duplicate_of"]))
     dest = P.run_dir() / "checkpoints.json"
-    write_json([{k: v for k, v in r.items() if k != "cached"} for r in rows], dest)
+    write_json(rows, dest)
     if manifest is not None:
         config = _cfg(cp)
         manifest.record(dest, "checkpoints", identity("checkpoints", config, {"rows": content_sha256(rows)}),
