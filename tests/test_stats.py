@@ -210,3 +210,88 @@ def test_table1_markdown(planted):
     assert "n/a (n=2)" in table1_markdown(nan_table)
     with pytest.raises(ValueError, match="missing columns"):
         table1_markdown(table.drop(columns="p"))
+
+
+# ---- Table 1 as the authors computed it (recipe "paper") ----------------------------------
+
+P_CKS = [("c1", 1000.0), ("c2", 2000.0), ("c3", 4000.0), ("c4", 8000.0), ("final", float("nan"))]
+P_LANGS, P_LAYERS = ["en", "es", "fr", "de"], [13, 17]
+P_ATTRS = ["Number", "Gender", "POS", "Case"]  # Case is probed but not in the paper's x
+
+
+@pytest.fixture(scope="module")
+def paper_inputs():
+    rng = np.random.default_rng(7)
+    over = {(c, l, a, x, y): float(rng.uniform(0, 0.5)) for c, _ in P_CKS for l in P_LAYERS for a in P_ATTRS
+            for x, y in combinations(P_LANGS, 2)}
+    score = {(c, t, lang): float(rng.uniform(0.3, 0.9)) for c, _ in P_CKS for t in ("pos", "xnli")
+             for lang in P_LANGS + ["en-dev"]}
+    steps = dict(P_CKS)
+    pairs = pd.DataFrame([dict(checkpoint=c, step=steps[c], layer=l, attribute=a, lang_a=x, lang_b=y, k=10, d=200,
+                               n_overlap=round(v * 10), overlap_rate=v, chance_rate=0.05, p_value=0.5, p_holm=1.0,
+                               significant=False) for (c, l, a, x, y), v in over.items()])
+    metric = {"pos": "f1", "xnli": "accuracy"}
+    rows = [dict(checkpoint=c, step=steps[c], task=t, language=lang, metric=metric[t], value=v, n=100)
+            for (c, t, lang), v in score.items()]
+    rows += [dict(checkpoint=c, step=steps[c], task="pos", language="es", metric="accuracy", value=0.0, n=100)
+             for c, _ in P_CKS]  # another metric: ignored
+    return pairs, pd.DataFrame(rows), over, score
+
+
+def _avg_x(over, ck, layers=P_LAYERS, attrs=("Number", "Gender", "POS")) -> float:
+    per_layer = [np.mean([np.mean([v for (c, l, a, _, _), v in over.items() if (c, l, a) == (ck, layer, at)])
+                          for at in attrs]) for layer in layers]
+    return float(np.mean(per_layer))
+
+
+def _pair_x(over, ck, lang, attr="POS", layers=P_LAYERS) -> float:
+    return float(np.mean([over[(ck, l, attr, *sorted(("en", lang), key=P_LANGS.index))] for l in layers]))
+
+
+def _r(x, y) -> float:
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def test_paper_recipe_average_and_pairwise_by_hand(paper_inputs):
+    pairs, transfer, over, score = paper_inputs
+    t = correlation_table(pairs, transfer, recipe="paper")
+    assert list(t.columns) == ["task", "kind", "r", "p", "n", "attributes", "layers"]
+    assert list(zip(t.task, t.kind)) == [("pos", "average"), ("pos", "pairwise"), ("xnli", "average"),
+                                          ("xnli", "pairwise")]
+    inter = [c for c, _ in P_CKS if c != "final"]
+    targets = [l for l in P_LANGS if l != "en"]
+    for task in ("pos", "xnli"):
+        got = t[(t.task == task) & (t.kind == "average")].iloc[0]
+        x = [_avg_x(over, c) for c in inter]
+        y = [np.mean([score[(c, task, l)] for l in P_LANGS]) for c in inter]  # English test included
+        assert got.n == 4 and got.r == pytest.approx(_r(x, y), abs=1e-12)
+        assert got.p == pytest.approx(t_test_p(_r(x, y), 4), abs=1e-9)
+        # each of the paper's choices matters on these tables
+        with_final = _r(x + [_avg_x(over, "final")], y + [np.mean([score[("final", task, l)] for l in P_LANGS])])
+        no_en = _r(x, [np.mean([score[(c, task, l)] for l in targets]) for c in inter])
+        layer13 = _r([_avg_x(over, c, layers=[13]) for c in inter], y)
+        for other in (with_final, no_en, layer13):
+            assert abs(other - got.r) > 0.01
+        got = t[(t.task == task) & (t.kind == "pairwise")].iloc[0]
+        pts = [(c, l) for c, _ in P_CKS for l in targets]  # the final model included
+        x = [_pair_x(over, c, l) for c, l in pts]
+        y = [score[(c, task, l)] for c, l in pts]
+        assert got.n == 15 and got.r == pytest.approx(_r(x, y), abs=1e-12)
+        assert abs(_r([_pair_x(over, c, l, "Number") for c, l in pts], y) - got.r) > 0.01
+        assert abs(_r(x[:-3], y[:-3]) - got.r) > 0.01  # without the final model
+        assert abs(_r([_pair_x(over, c, l, layers=[17]) for c, l in pts], y) - got.r) > 0.01
+    assert set(t.attributes) == {"Number,Gender,POS", "POS"} and set(t.layers) == {"13,17"}
+
+
+def test_paper_recipe_options_and_unknown_recipe(paper_inputs):
+    pairs, transfer, over, score = paper_inputs
+    inter = [c for c, _ in P_CKS if c != "final"]
+    t = correlation_table(pairs, transfer, recipe="paper", layers=[17], attributes=["Number"])
+    got = t[(t.task == "xnli") & (t.kind == "average")].iloc[0]
+    y = [np.mean([score[(c, "xnli", l)] for l in P_LANGS]) for c in inter]
+    assert got.r == pytest.approx(_r([_avg_x(over, c, [17], ["Number"]) for c in inter], y), abs=1e-12)
+    assert got.layers == "17" and got.attributes == "Number"
+    per_layer = correlation_table(pairs, transfer)  # the default recipe is unchanged
+    assert list(per_layer.columns) == TABLE_COLUMNS
+    with pytest.raises(ValueError, match="recipe 'papr' unknown"):
+        correlation_table(pairs, transfer, recipe="papr")

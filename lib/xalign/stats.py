@@ -30,8 +30,17 @@ from xalign.overlap import average_overlap, pair_overlap_with
 DEFAULT_METRICS: dict[str, str] = {"pos": "f1", "xnli": "accuracy"}
 #: Transfer-table languages that are never zero-shot targets (English dev of the source).
 NON_TARGETS = ("en-dev",)
-#: Columns of :func:`correlation_table`.
+#: Columns of :func:`correlation_table` (recipe "per_layer").
 TABLE_COLUMNS = ["task", "kind", "attribute", "layer", "r", "p", "n"]
+#: Columns of :func:`correlation_table` with ``recipe="paper"``: one row per (task, kind);
+#: ``attributes`` and ``layers`` say what x averages over (comma-separated).
+PAPER_COLUMNS = ["task", "kind", "r", "p", "n", "attributes", "layers"]
+#: Table 1 recipes: xalign's per-layer, per-attribute table, and the authors' computation.
+RECIPES = ("per_layer", "paper")
+#: The attributes of the paper's checkpoint experiments (Sec. 4): x of its "average" rows.
+PAPER_ATTRIBUTES = ("Number", "Gender", "POS")
+#: Name of a series' final model (:data:`xalign.checkpoints.FINAL`); its step is NaN.
+FINAL = "final"
 _TRANSFER_REQUIRED = ["checkpoint", "task", "language", "metric", "value"]
 
 
@@ -133,14 +142,18 @@ def _attribute_views(table: pd.DataFrame, attrs: list[str], keys: list[str],
 def correlation_table(pairs: pd.DataFrame, transfer: pd.DataFrame, *, source: str = "en",
                       attributes: Iterable[str] | None = None, layers: Iterable[int] | None = None,
                       metrics: Mapping[str, str] | None = None,
-                      attribute_mean: bool = True) -> pd.DataFrame:
+                      attribute_mean: bool = True, recipe: str = "per_layer") -> pd.DataFrame:
     """Pearson correlation of overlap and zero-shot transfer (the paper's Table 1).
 
     Method: Wang et al. (2024), Sec. 4 / Table 1; see the module docstring for the
     "average" (one point per checkpoint) and "pairwise" (one point per target language
     and checkpoint) variants. Overlap and transfer are joined on ``checkpoint``.
+    ``recipe="paper"`` is the authors' computation instead (:func:`paper_table`).
 
     Args:
+        recipe: "per_layer" (this function: one row per task, kind, attribute, layer) or
+            "paper" (:func:`paper_table`, which takes ``source``, ``attributes``, ``layers``
+            and ``metrics``; ``attribute_mean`` does not apply).
         pairs: output of :func:`xalign.overlap.overlap_pairs`.
         transfer: stage-5 table (see :func:`task_scores`); for each task only the metric
             in ``metrics`` counts, and "en-dev" is never a target.
@@ -161,8 +174,12 @@ def correlation_table(pairs: pd.DataFrame, transfer: pd.DataFrame, *, source: st
         r and p are NaN when n < 3 or an input is constant.
 
     Raises:
-        ValueError: bad transfer table (see :func:`task_scores`).
+        ValueError: bad transfer table (see :func:`task_scores`), or an unknown recipe.
     """
+    if recipe not in RECIPES:
+        raise ValueError(f"correlation recipe {recipe!r} unknown; known: {list(RECIPES)}")
+    if recipe == "paper":
+        return paper_table(pairs, transfer, source=source, attributes=attributes, layers=layers, metrics=metrics)
     attrs = sorted(pairs["attribute"].unique()) if attributes is None else list(attributes)
     lays = sorted(int(v) for v in pairs["layer"].unique()) if layers is None else [int(v) for v in layers]
     avg = average_overlap(pairs)
@@ -186,6 +203,75 @@ def correlation_table(pairs: pd.DataFrame, transfer: pd.DataFrame, *, source: st
                 rows.append(dict(task=task, kind="pairwise", attribute=attr, layer=layer, r=r, p=p, n=n))
     out = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return out.astype({"layer": "int64", "n": "int64", "r": "float64", "p": "float64"})
+
+
+def _is_final(df: pd.DataFrame) -> pd.Series:
+    """Rows of the final model: checkpoint named :data:`FINAL`, or a step that is NaN."""
+    final = df["checkpoint"] == FINAL
+    return final | df["step"].isna() if "step" in df.columns else final
+
+
+def paper_table(pairs: pd.DataFrame, transfer: pd.DataFrame, *, source: str = "en",
+                attributes: Iterable[str] | None = None, layers: Iterable[int] | None = None,
+                metrics: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Table 1 as the authors computed it (Wang et al. 2024, Table 1; their released result files).
+
+    * **average**: one point per *intermediate* checkpoint (the final model is left out).
+      x = the overlap rate averaged over all language pairs, for each probed layer and each
+      of ``attributes`` (default Number, Gender, POS), then averaged over the attributes,
+      then over the layers. y = the task score averaged over every evaluated language,
+      **including the source's own test score** ("en-dev" never counts).
+    * **pairwise**: one point per (checkpoint, target language) for every checkpoint with
+      transfer results, **the final model included**. x = the **POS** overlap rate between
+      ``source`` and the target, averaged over the layers (POS for both tasks); y = that
+      target's score. The source is not a target.
+
+    Pearson's r and its two-sided p over those points (``scipy.stats.pearsonr``); call it
+    per model, never on tables pooled across model scales.
+
+    Args:
+        pairs: :func:`xalign.overlap.overlap_pairs` output (final model: checkpoint
+            ``"final"``, step NaN).
+        transfer: stage-5 table (``checkpoint, step, task, language, metric, value, n``).
+        source: the fine-tuning language (English).
+        attributes: x of the average rows; default :data:`PAPER_ATTRIBUTES`.
+        layers: layers averaged over; default every layer in ``pairs``.
+        metrics: task -> metric; default :data:`DEFAULT_METRICS`.
+
+    Returns:
+        Columns :data:`PAPER_COLUMNS`, one row per (task, kind); r and p are NaN when
+        fewer than 3 points or an input is constant.
+
+    Raises:
+        ValueError: bad transfer table (see :func:`task_scores`).
+    """
+    attrs = list(PAPER_ATTRIBUTES if attributes is None else attributes)
+    lays = sorted(int(v) for v in pairs["layer"].unique()) if layers is None else [int(v) for v in layers]
+    sel = pairs[pairs["layer"].isin(lays)]
+    avg = average_overlap(sel[sel["attribute"].isin(attrs)])
+    avg = avg[~_is_final(avg)]
+    x_avg = (avg.groupby(["checkpoint", "layer"])["overlap_rate"].mean()  # over attributes
+             .groupby("checkpoint").mean().rename("x").reset_index())     # then over layers
+    piv = pair_overlap_with(sel[sel["attribute"] == "POS"], source)
+    x_pair = piv.groupby(["checkpoint", "language"])["overlap_rate"].mean().rename("x").reset_index()
+    all_langs = task_scores(transfer, source=source, metrics=metrics, targets_only=False)
+    targets = task_scores(transfer, source=source, metrics=metrics)
+    rows = []
+    for task in sorted(all_langs["task"].unique()):
+        y = all_langs[(all_langs["task"] == task) & ~_is_final(all_langs)]
+        y = y.groupby("checkpoint")["value"].mean().reset_index()
+        m = x_avg.merge(y, on="checkpoint")
+        rows.append(dict(task=task, kind="average", **_pearson_row(m), attributes=",".join(attrs)))
+        m = x_pair.merge(targets[targets["task"] == task][["checkpoint", "language", "value"]],
+                         on=["checkpoint", "language"])
+        rows.append(dict(task=task, kind="pairwise", **_pearson_row(m), attributes="POS"))
+    out = pd.DataFrame(rows, columns=PAPER_COLUMNS[:-1]).assign(layers=",".join(map(str, lays)))
+    return out.astype({"n": "int64", "r": "float64", "p": "float64"})
+
+
+def _pearson_row(m: pd.DataFrame) -> dict:
+    r, p, n = pearson(m["x"], m["value"])
+    return dict(r=r, p=p, n=n)
 
 
 def _fmt_p(p: float) -> str:
