@@ -20,6 +20,15 @@
 #   transfer over target languages;
 # * **pairwise**: per (target language, checkpoint), the English–target overlap against that
 #   language's transfer.
+#
+# Two recipes are computed (`correlation.recipe` picks which one is `table1.*`):
+#
+# * `per_layer` (xalign): one r per layer and attribute, plus the attribute mean; every
+#   checkpoint; y over the target languages only.
+# * `paper` (the authors' computation, `xalign.stats.paper_table`): one r per task and kind.
+#   The average rows leave out the final model, average x over Number, Gender and POS and then
+#   over the layers, and include English's own test score in y; the pairwise rows use the POS
+#   overlap (for both tasks), averaged over the layers, and include the final model.
 
 # %% tags=["parameters"]
 # A params file (path, relative to the repository root) or the dict papermill injects
@@ -42,7 +51,9 @@ print(P.run_name, "->", P.run_dir())
 # %%
 summary = runs.run_correlation(P)
 if "table1" in summary.tables:
+    for name in sorted(summary.tables):  # table1 (correlation.recipe), then the other recipe
+        print(f"{name}  ({P.run_dir() / 'correlation' / (name + '.md')})")
+        print((P.run_dir() / "correlation" / f"{name}.md").read_text())
     display(summary.tables["table1"].round(3))
-    print((P.run_dir() / "correlation" / "table1.md").read_text())
 else:
     print("no correlation table:", "; ".join(summary.skipped))

@@ -36,6 +36,11 @@ def test_run_all_minimal(minimal_run: Path) -> None:
     assert {"es", "fr"} <= set(tr[tr.task == "pos"].language)
     table1 = (run / "correlation" / "table1.md").read_text()
     assert "xnli" in table1.lower() and "pos" in table1.lower()
+    paper = pd.read_csv(run / "correlation" / "table1_paper.csv")  # the authors' recipe beside it
+    assert list(zip(paper.task, paper.kind)) == [("pos", "average"), ("pos", "pairwise"),
+                                                  ("xnli", "average"), ("xnli", "pairwise")]
+    assert (paper[paper.kind == "average"].n == 3).all()  # lab checkpoints 5, 15, 40: no final model
+    assert "| POS | pairwise |" in (run / "correlation" / "table1_paper.md").read_text()
 
     figs = {p.name for p in (tmp_path / "figures" / "minimal").glob("*.png")}
     for name in ("fig1_overlap_vs_step.png", "fig2_overlap_vs_layer.png", "fig3_overlap_transfer_vs_step.png",

@@ -295,3 +295,12 @@ def test_paper_recipe_options_and_unknown_recipe(paper_inputs):
     assert list(per_layer.columns) == TABLE_COLUMNS
     with pytest.raises(ValueError, match="recipe 'papr' unknown"):
         correlation_table(pairs, transfer, recipe="papr")
+
+
+def test_paper_table_markdown(paper_inputs):
+    pairs, transfer, _, _ = paper_inputs
+    t = correlation_table(pairs, transfer, recipe="paper")
+    md = table1_markdown(t).splitlines()
+    assert md[0].startswith("| task | kind | r (p) | n |") and len(md) == 2 + 4
+    row = t[(t.task == "xnli") & (t.kind == "pairwise")].iloc[0]
+    assert f"| XNLI | pairwise | {row.r:.2f} (" in md[5] and "| 15 | POS | 13,17 |" in md[5]

@@ -206,6 +206,15 @@ class TransferParams(_Strict):
     max_eval_examples: int | None = Field(80, ge=1)
 
 
+class CorrelationParams(_Strict):
+    """Stage 6: which Table 1 recipe is the run's ``correlation/table1.*`` (the other is
+    written as ``table1_<recipe>.*``); see :func:`xalign.stats.correlation_table`."""
+
+    #: "per_layer": one r per task, kind, attribute and layer (xalign); "paper": one r per
+    #: task and kind, computed as the authors did (xalign.stats.paper_table).
+    recipe: Literal["per_layer", "paper"] = "per_layer"
+
+
 class FigureParams(_Strict):
     formats: list[Literal["png", "pdf"]] = Field(default_factory=lambda: ["png", "pdf"])
     dpi: int = Field(150, ge=50)
@@ -231,6 +240,7 @@ class RunParams(_Strict):
     probe: ProbeParams = Field(default_factory=ProbeParams)
     overlap: OverlapParams = Field(default_factory=OverlapParams)
     transfer: TransferParams = Field(default_factory=TransferParams)
+    correlation: CorrelationParams = Field(default_factory=CorrelationParams)
     figures: FigureParams = Field(default_factory=FigureParams)
 
     # ---- derived paths -------------------------------------------------------------

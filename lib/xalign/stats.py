@@ -282,12 +282,15 @@ def table1_markdown(table: pd.DataFrame, digits: int = 2) -> str:
     """Render :func:`correlation_table` output as a Markdown table like the paper's Table 1.
 
     Rows are task × kind (e.g. "XNLI average"), columns are "ℓ=<layer> <attribute>";
+    a ``recipe="paper"`` table (:data:`PAPER_COLUMNS`) gets one ``r (p)`` column instead;
     each cell is ``r (p)`` with p two-sided (``<0.001`` below 0.001), or ``n/a (n=<n>)``
     when r is undefined. A last column lists the number(s) of points per row.
 
     Raises:
         ValueError: ``table`` lacks a column of :data:`TABLE_COLUMNS`.
     """
+    if "layer" not in table.columns and all(c in table.columns for c in PAPER_COLUMNS):
+        return _paper_markdown(table, digits)
     missing = [c for c in TABLE_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"correlation table: missing columns {missing}")
@@ -310,4 +313,12 @@ def table1_markdown(table: pd.DataFrame, digits: int = 2) -> str:
             cells.append(f"n/a (n={int(n)})" if not np.isfinite(r) else f"{r:.{digits}f} ({_fmt_p(p)})")
         cells.append("/".join(str(int(v)) for v in sorted(g["n"].unique())))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _paper_markdown(table: pd.DataFrame, digits: int) -> str:
+    lines = ["| task | kind | r (p) | n | x: attributes | x: layers |", "|---|---|---:|---:|---|---|"]
+    for _, row in table.sort_values(["task", "kind"]).iterrows():
+        cell = f"n/a" if not np.isfinite(row.r) else f"{row.r:.{digits}f} ({_fmt_p(row.p)})"
+        lines.append(f"| {str(row.task).upper()} | {row.kind} | {cell} | {int(row.n)} | {row.attributes} | {row.layers} |")
     return "\n".join(lines) + "\n"
