@@ -46,8 +46,8 @@ Entropy weight (``ProbeConfig.entropy_scale``):
   (at most ``ln C`` nats) and drives every marginal ``σ(φ_d)`` towards 0.5, so q says
   little about where the attribute lives. Kept for comparison with published numbers.
 
-Minibatches (``batch_size``, default 1024; ``None`` = full batch as in the reference
-code): the training split is shuffled once with the seed and cut into
+Minibatches (``batch_size``, default 1024; ``None`` = full batch; the reference code,
+copenlu multilingual-typology-probing, uses minibatches of 256): the training split is shuffled once with the seed and cut into
 ``ceil(N / batch_size)`` near-equal contiguous batches whose order is reshuffled every
 epoch. On large N this reaches a better held-out ELBO in far fewer passes than full-batch
 Adam (benchmarks/bench_probe_selection.py: N = 18,000, d = 1024: held-out
