@@ -21,7 +21,10 @@
 #    word per surface token whose attributes are those exactly one of its syntactic words
 #    carries (`surface`, what the paper's code did; the BLOOM reproduction params use it),
 # 2. map UD FEATS to UniMorph features with the converter of McCarthy et al. (2018)
-#    (`ud-compatibility`), and group features into attributes (Number, Gender, POS, ...),
+#    (`ud-compatibility`), and group features into attributes (Number, Gender, POS, ...);
+#    a word on which an attribute takes two values (POS `V` and `V.PTCP` for English
+#    participles) is left out of that attribute (`n_multi_value` counts them; the paper's
+#    code kept one of the two, which one depending on Python's hash seed),
 # 3. pool the treebank's sentences and split 80/10/10 **by lemma** (all forms of a lemma in
 #    one split; seeded),
 # 4. keep an attribute value only if it occurs at least `min_count` times in every split; an
@@ -60,3 +63,11 @@ table[table.status == "kept"].pivot_table(index="language", columns="attribute",
 
 # %%
 table[table.status != "kept"][["language", "attribute", "reason"]]
+
+# %% [markdown]
+# Words left out of an attribute because it takes two or more values on them
+# (`xalign.unimorph.multi_value_attributes`), per language and attribute:
+
+# %%
+table[table.n_multi_value > 0].pivot_table(index="language", columns="attribute", values="n_multi_value",
+                                           aggfunc="first", fill_value=0)

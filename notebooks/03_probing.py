@@ -23,6 +23,10 @@
 # and test normalised mutual information (bits) and accuracy along the path.
 #
 # With a small hidden size d, choose k so that k/d stays near the paper's 50/1024 ≈ 5%.
+#
+# `probe.attributes` are probed at every extracted layer of every checkpoint;
+# `probe.sweep_attributes` (the BLOOM-560m params: all eleven, as the paper's Figure 2 and
+# Appendix B) only at the layer sweep of the last checkpoint.
 
 # %% tags=["parameters"]
 # A params file (path, relative to the repository root) or the dict papermill injects

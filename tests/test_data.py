@@ -397,3 +397,31 @@ def test_treebank_without_feats_for_an_attribute_is_skipped_with_its_name(data_r
     for attr in ("Number", "Gender"):
         assert s.loc[attr, "status"] == "skipped"
         assert s.loc[attr, "reason"] == f"no words carry {attr} (no FEATS for it in UD_Spanish-AnCora)"
+
+
+def test_two_values_for_one_attribute_are_left_out_and_counted(tmp_path):
+    """English participles get POS V and V.PTCP from the converter, UD ``Case=Nom,Acc`` the
+    disjunction {NOM/ACC}: the word is left out of that attribute only, and the summary's
+    ``n_multi_value`` counts such words per (language, attribute)."""
+    part = "1\twalked\twalk\tVERB\t_\tTense=Past|VerbForm=Part\t0\troot\t_\t_\n"
+    pron = "2\tthey\tthey\tPRON\t_\tCase=Nom,Acc|Number=Plur\t1\tnsubj\t_\t_\n"
+    noun = "3\thouses\thouse\tNOUN\t_\tNumber=Plur\t1\tobj\t_\t_\n"
+    fin = "1\twalks\twalk\tVERB\t_\tMood=Ind|Number=Sing|Person=3|Tense=Pres|VerbForm=Fin\t0\troot\t_\t_\n"
+    text = "".join(f"# sent_id = p{i}\n" + (part + pron + noun if i % 2 else fin) + "\n" for i in range(10))
+    f = _write(tmp_path / "en-ud-dev.conllu", text)
+    words = D.words_table("en", D.read_conllu(f))
+    assert words[words.form == "walked"].unimorph.iloc[0] == "PST;V;V.PTCP"
+    assert words[words.form == "they"].unimorph.iloc[0] == "PL;PRO;{NOM/ACC}"
+    labels, summary = D.build_datasets(words, ["POS", "Tense", "Case", "Number"], min_count=1, seed=0)
+    assert list(summary.columns)[-1] == "n_multi_value"
+    n = summary.set_index("attribute")["n_multi_value"].to_dict()
+    assert n == {"POS": 5, "Tense": 0, "Case": 5, "Number": 0}
+    # left out of that attribute only
+    tags = lambda form: frozenset(words[words.form == form].unimorph.iloc[0].split(";"))
+    assert D.attribute_values(tags("walked")) == {"Tense": "PST"}
+    assert D.attribute_values(tags("they")) == {"POS": "PRO", "Number": "PL"}
+    from xalign.unimorph import multi_value_attributes
+    assert multi_value_attributes(tags("walked")) == {"POS"} and multi_value_attributes(tags("houses")) == set()
+    # Case: only disjunctions, so no word carries it with one value
+    case = summary.set_index("attribute").loc["Case"]
+    assert case.status == "skipped" and "5 carry several" in case.reason

@@ -199,3 +199,33 @@ def test_steps_missing_or_zero(tables):
     final["step"] = final["step"].astype("Int64")
     final.loc[final["checkpoint"] == "step-000010", "step"] = pd.NA
     assert plots.last_checkpoint(final) == "step-000010"  # no step = the final model
+
+
+def test_fig_overlap_vs_layer_with_the_papers_eleven_attributes(tables, tmp_path):
+    """Figure 2 with all eleven attributes: one line each with its own marker and colour,
+    and an attribute × layer heatmap of the same values (blank where not probed)."""
+    from xalign.params import ALL_ATTRIBUTES
+
+    _, avg, _ = tables
+    rng = np.random.default_rng(1)
+    rows = [dict(checkpoint="final", step=pd.NA, layer=l, attribute=a, k=K, d=D,
+                 overlap_rate=float(rng.uniform(0.1, 0.5)), chance_rate=K / D)
+            for a in ALL_ATTRIBUTES for l in (1, 5, 9, 13) if not (a == "Voice" and l == 1)]
+    big = pd.DataFrame(rows).astype({"step": "Int64"})
+    fig = plots.fig_overlap_vs_layer(big, "final")
+    ax, heat = fig.axes[0], fig.axes[1]
+    lines = [l for l in ax.get_lines() if l.get_linestyle() != "--"]
+    assert sorted(l.get_label() for l in lines) == sorted(ALL_ATTRIBUTES)
+    assert len({(l.get_marker(), l.get_color(), l.get_linestyle()) for l in lines}) == 11  # all distinct
+    assert len({l.get_marker() for l in lines}) == 11
+    im = heat.get_images()[0].get_array()
+    assert im.shape == (11, 4)
+    rows_ = [t.get_text() for t in heat.get_yticklabels()]
+    assert rows_ == sorted(ALL_ATTRIBUTES)
+    assert bool(im.mask[rows_.index("Voice"), 0]) and int(im.mask.sum()) == 1  # only Voice at layer 1 blank
+    want = big.set_index(["attribute", "layer"]).overlap_rate
+    assert float(im[rows_.index("Case"), 2]) == pytest.approx(want[("Case", 9)])
+    assert K / D in chance_lines(fig)
+    assert_saved(fig, tmp_path, "fig2_eleven")
+    # three attributes: the single panel as before
+    assert len(plots.fig_overlap_vs_layer(avg).axes) == 1

@@ -17,6 +17,23 @@ text for the tiny-model lab.
 from the official archives (UD v2.1, XNLI 1.0, MultiNLI 1.0, XTREME's UD v2.5 English
 POS data); missing-file errors name the fetch command that provides the file.
 
+**Two values for one attribute.** Where a word's UniMorph features give one attribute two
+or more values (the converter writes POS ``V`` and ``V.PTCP`` for English, Basque, Urdu
+and Tamil participles, ``ADJ`` and ``V.PTCP`` for Spanish and Catalan participial
+adjectives; UD ``Case=Acc,Dat`` becomes the disjunction ``{ACC/DAT}``), the word is left
+out of that attribute's dataset (:func:`xalign.unimorph.attribute_values`) and counted in
+the summary's ``n_multi_value``. The paper's code (Stańczak et al.'s ``utils/parser.py``,
+``parse_unimorph_features``) also skips disjunctions, but of two plain values it keeps the
+one written last; the converter writes its features in set order, which changes with
+Python's string hash seed, so which POS such a participle got there varied from run to
+run. That is the one difference. On the bundle's default treebanks (syntactic words) it
+concerns POS only, except 51 Urdu Case disjunctions: 4,852 English (GUM) words, 4,394
+Basque, 2,156 Urdu, 1,215 Spanish (AnCora), 1,211 Catalan, 1,092 Tamil, 196 Marathi, 141
+Arabic (PUD), 1 Portuguese; none in French, Chinese, Hindi, Vietnamese. A multiword token
+read as one surface word (``data.multiword_tokens: surface``) follows the paper's merge
+rule exactly (:func:`merge_multiword_attributes`: an attribute carried by two of its words
+is dropped, even with the same value).
+
 Bad input raises an error with a one-line message naming the file (and line) and the problem.
 """
 
@@ -35,7 +52,7 @@ import pandas as pd
 from conllu.exceptions import ParseException
 
 from xalign.progress import progress
-from xalign.unimorph import ATTRIBUTES, UniMorphError, attribute_values, to_unimorph
+from xalign.unimorph import ATTRIBUTES, UniMorphError, attribute_values, multi_value_attributes, to_unimorph
 
 logger = logging.getLogger("xalign.data")
 
@@ -513,7 +530,7 @@ def _split_key(words: pd.DataFrame) -> pd.Series:
 
 LABEL_COLUMNS = ["language", "attribute", "sent_idx", "word_idx", "value", "split"]
 SUMMARY_COLUMNS = ["language", "attribute", "status", "reason", "n_values", "values",
-                   "n_train", "n_dev", "n_test"]
+                   "n_train", "n_dev", "n_test", "n_multi_value"]
 
 
 def build_datasets(words: pd.DataFrame, attributes: Sequence[str], min_count: int = 20,
@@ -542,8 +559,11 @@ def build_datasets(words: pd.DataFrame, attributes: Sequence[str], min_count: in
         ``(labels, summary)``. ``labels``: columns ``language, attribute, sent_idx,
         word_idx, value, split``, one row per labelled word. ``summary``: one row per
         (language, attribute) with ``status`` ("kept"/"skipped"), ``reason`` (empty when
-        kept), ``n_values``/``values`` (values that passed the filter, comma-joined) and
-        ``n_train, n_dev, n_test`` (words with such values per split).
+        kept), ``n_values``/``values`` (values that passed the filter, comma-joined),
+        ``n_train, n_dev, n_test`` (words with such values per split) and
+        ``n_multi_value``: words of the language left out of the attribute because it takes
+        two or more values on them (:func:`xalign.unimorph.multi_value_attributes`; see
+        "Two values for one attribute" in the module docstring).
 
     Raises:
         ValueError: unknown attribute, missing column, empty ``words``, or ``min_count < 1``.
@@ -563,6 +583,7 @@ def build_datasets(words: pd.DataFrame, attributes: Sequence[str], min_count: in
     labels: list[pd.DataFrame] = []
     summary: list[dict] = []
     parsed: dict[str, dict[str, str]] = {}
+    multi: dict[str, frozenset[str]] = {}
     for lang in pd.unique(words["language"]):
         sub = words[words["language"] == lang]
         key = _split_key(sub)
@@ -571,13 +592,17 @@ def build_datasets(words: pd.DataFrame, attributes: Sequence[str], min_count: in
         for s in uniq:
             if s not in parsed:
                 parsed[s] = attribute_values(frozenset(str(s).split(";")))
+                multi[s] = multi_value_attributes(frozenset(str(s).split(";")))
+        n_by_tags = sub["unimorph"].value_counts()
         for attr in attributes:
             value = sub["unimorph"].map({s: parsed[s].get(attr) for s in uniq})
             has = value.notna()
-            row = {"language": lang, "attribute": attr}
+            n_multi = int(sum(n for s, n in n_by_tags.items() if attr in multi[s]))
+            row = {"language": lang, "attribute": attr, "n_multi_value": n_multi}
             if not has.any():
                 src = (sources or {}).get(lang)
-                _skip(summary, row, f"no words carry {attr}" + (f" (no FEATS for it in {src})" if src else ""))
+                _skip(summary, row, f"no words carry {attr}" + (f" (no FEATS for it in {src})" if src else "")
+                      + (f" with a single value ({n_multi} carry several)" if n_multi else ""))
                 continue
             counts = (pd.crosstab(value[has], split[has])
                       .reindex(columns=list(SPLITS), fill_value=0).sort_index())

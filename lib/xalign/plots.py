@@ -93,7 +93,7 @@ def _tasks(tasks: Iterable[str]) -> list[str]:
 
 def _score_label(task: str, metric: str, values: pd.Series, what: str = "") -> str:
     unit = "(0–1)" if len(values) and float(np.nanmax(values)) <= 1.0 else "(%)"
-    metric = {"f1": "F1", "acc": "accuracy"}.get(metric, metric)
+    metric = {"f1": "F1", "macro_f1": "macro F1", "acc": "accuracy"}.get(metric, metric)
     return f"{task.upper()} {metric} {unit}{what}"
 
 
@@ -177,7 +177,11 @@ def fig_overlap_vs_layer(avg: pd.DataFrame, checkpoint: str | None = None,
                          attributes: Iterable[str] | None = None) -> Figure:
     """Figure 2 (Wang et al. 2024): average overlap rate vs layer on one checkpoint.
 
-    One line per attribute, chance rate k/d dashed.
+    One line per attribute (overlap rate, a fraction, against layer ℓ), chance rate k/d
+    dashed. With more than :data:`MANY_ATTRIBUTES` attributes (the paper's eleven) each line
+    also gets its own marker, the legend goes below the panel, and a second panel shows the
+    same values as an attribute × layer heatmap (cells annotated, chance k/d dashed on the
+    colour bar; blank where an attribute was not probed at a layer).
 
     Args:
         avg: output of :func:`xalign.overlap.average_overlap`.
@@ -190,20 +194,68 @@ def fig_overlap_vs_layer(avg: pd.DataFrame, checkpoint: str | None = None,
     checkpoint = checkpoint if checkpoint is not None else last_checkpoint(avg)
     df = _select(_select(avg, "checkpoint", [checkpoint], "average overlap"),
                  "attribute", attributes, "average overlap").sort_values("layer")
-    fig, (ax,) = _figure(1, panel=(6.0, 4.0))
-    for attr, g in df.groupby("attribute", sort=True):
-        ax.plot(g["layer"], g["overlap_rate"], marker="o", ms=4, label=attr)
+    many = df["attribute"].nunique() > MANY_ATTRIBUTES
+    if many:
+        fig = Figure(figsize=(13.0, 5.2), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax, axh = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1.0]})
+    else:
+        fig, (ax,) = _figure(1, panel=(6.0, 4.0))
+    for i, (attr, g) in enumerate(df.groupby("attribute", sort=True)):
+        style = dict(marker=_MARKERS[i % len(_MARKERS)], ms=5, color=f"C{i % 10}",
+                     linestyle="-" if i < 10 else "-.") if many else dict(marker="o", ms=4)
+        ax.plot(g["layer"], g["overlap_rate"], label=attr, **style)
     _chance_lines(ax, df["chance_rate"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(LAYER_LABEL)
     ax.set_ylabel(OVERLAP_LABEL)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if many:
+        layers = sorted(int(l) for l in df["layer"].unique())
+        if len(layers) <= 13:
+            ax.set_xticks(layers)
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=4)
+        _attribute_layer_heatmap(fig, axh, df)
+    else:
+        ax.legend(fontsize="small")
     step = df["step"].iloc[0] if len(df) else pd.NA
     suffix = f" (step {int(step)})" if pd.notna(step) else ""
     ax.set_title(f"Average overlap vs layer, checkpoint {checkpoint}{suffix}")
     return fig
+
+
+#: Above this many attributes Figure 2 gets distinct markers and an attribute × layer heatmap.
+MANY_ATTRIBUTES = 6
+_MARKERS = "osD^v<>pPXh*"
+
+
+def _attribute_layer_heatmap(fig: Figure, ax, df: pd.DataFrame) -> None:
+    """Figure 2's second panel: average overlap rate per attribute (rows) and layer (columns)."""
+    from matplotlib import colormaps
+
+    grid = df.pivot_table(index="attribute", columns="layer", values="overlap_rate", aggfunc="mean")
+    grid = grid.sort_index().reindex(columns=sorted(grid.columns))
+    vals = grid.to_numpy(float)
+    chance = float(df["chance_rate"].dropna().iloc[0]) if df["chance_rate"].notna().any() else float("nan")
+    top = float(np.nanmax(vals)) if np.isfinite(vals).any() else 0.0
+    vmax = max(top, 2 * chance if np.isfinite(chance) else 0.0, 0.05)
+    cmap = colormaps["viridis"].with_extremes(bad="0.9")
+    im = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto")
+    for i in range(vals.shape[0]):
+        for j in range(vals.shape[1]):
+            if np.isfinite(vals[i, j]):
+                ax.text(j, i, f"{vals[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if im.norm(vals[i, j]) < 0.6 else "black")
+    ax.set_xticks(range(len(grid.columns)), [str(int(c)) for c in grid.columns])
+    ax.set_yticks(range(len(grid.index)), grid.index)
+    ax.set_xlabel(LAYER_LABEL)
+    ax.set_title("the same, as attribute × layer", fontsize="medium")
+    cb = fig.colorbar(im, ax=ax, shrink=0.9)
+    cb.set_label(OVERLAP_LABEL)
+    if np.isfinite(chance):
+        cb.ax.axhline(chance, color="white", linestyle="--", linewidth=1.5)
+        cb.ax.axhline(chance, color="k", linestyle=(0, (2, 2)), linewidth=1.5)
 
 
 def fig_overlap_transfer_vs_step(avg: pd.DataFrame, transfer: pd.DataFrame, layer: int,

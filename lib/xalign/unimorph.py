@@ -197,12 +197,38 @@ def attribute_values(tags: frozenset[str] | set[str]) -> dict[str, str]:
     Conjunctions within one attribute become one value with sorted conjuncts
     (``"IN+ESS"`` -> Case ``"ESS+IN"``), as in Stańczak et al. (2022). An attribute that takes
     several values on the word (e.g. POS ``V`` and ``V.PTCP``), or whose value is a
-    disjunction (``"{MASC/FEM}"``), is left out for that word. Features outside the eleven
+    disjunction (``"{MASC/FEM}"``), is left out for that word (:func:`multi_value_attributes`;
+    the paper's code kept one of two plain values, see there). Features outside the eleven
     attributes (``POS`` polarity, ``LGSPEC1``, ``PSS3S``, ...) are ignored.
 
     Example: ``attribute_values(frozenset({"N", "FEM", "SG"}))`` ->
     ``{"POS": "N", "Gender": "FEM", "Number": "SG"}``.
     """
+    found, ambiguous = _values(tags)
+    return {a: next(iter(v)) for a, v in found.items() if len(v) == 1 and a not in ambiguous}
+
+
+def multi_value_attributes(tags: frozenset[str] | set[str]) -> frozenset[str]:
+    """The attributes that :func:`attribute_values` leaves out of one word for having two values.
+
+    That is, attributes among the eleven that take two or more distinct values on the word
+    (POS ``V`` and ``V.PTCP``: the converter's English participles) or whose value is a
+    disjunction (``"{ACC/DAT}"``, from UD ``Case=Acc,Dat``). ``data/summary``'s
+    ``n_multi_value`` counts such words per (language, attribute).
+
+    The paper's code (Stańczak et al.'s ``utils/parser.py``, ``parse_unimorph_features``)
+    skips disjunctions too, but of two plain values keeps the one written last, and the
+    converter writes its features in set order, which changes with Python's string hash
+    seed: the same word gets POS ``V`` in one run and ``V.PTCP`` in another.
+
+    Example: ``multi_value_attributes(frozenset({"V", "V.PTCP", "PST"}))`` -> ``{"POS"}``.
+    """
+    found, ambiguous = _values(tags)
+    return frozenset(ambiguous | {a for a, v in found.items() if len(v) > 1})
+
+
+def _values(tags: frozenset[str] | set[str]) -> tuple[dict[str, set[str]], set[str]]:
+    """(attribute -> its plain values on the word, attributes with a disjunctive value)."""
     found: dict[str, set[str]] = {}
     ambiguous: set[str] = set()
     for feat in tags:
@@ -217,4 +243,4 @@ def attribute_values(tags: frozenset[str] | set[str]) -> dict[str, str]:
         else:
             value = "+".join(sorted(_ALIASES.get(p, p) for p in feat.split("+")))
         found.setdefault(attr, set()).add(value)
-    return {a: next(iter(v)) for a, v in found.items() if len(v) == 1 and a not in ambiguous}
+    return found, ambiguous
