@@ -136,7 +136,8 @@ def seed_floor(run: Path, sel: pd.DataFrame, layers: list[int], seed: int) -> pd
     pp = p.get("params", p)["probe"]
     cfg = ProbeConfig(lr=pp["lr"], weight_decay=pp["weight_decay"], max_epochs=pp["max_epochs"],
                       patience=pp["patience"], batch_size=pp["batch_size"], mc_samples=pp["mc_samples"],
-                      entropy_scale=pp["entropy_scale"], held_out_fraction=pp["held_out_fraction"], seed=seed)
+                      entropy_scale=pp["entropy_scale"], held_out_fraction=pp["held_out_fraction"],
+                      restore=pp.get("restore", "best"), seed=seed)
     labels = pd.read_parquet(run / "data" / "labels.parquet")
     rows = []
     todo = sel[sel.layer.isin(layers)]

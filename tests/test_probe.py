@@ -45,7 +45,7 @@ def planted(n: int, d: int, C: int, dims: list[int], strength: float, seed: int)
 @pytest.mark.parametrize("field,value", [
     ("lr", 0.0), ("weight_decay", -1.0), ("max_epochs", 0), ("patience", 0), ("batch_size", 0),
     ("mc_samples", 0), ("entropy_scale", "dataset"), ("held_out_fraction", 1.0),
-    ("held_out_fraction", 0.0),
+    ("held_out_fraction", 0.0), ("restore", "first"),
 ])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=f"ProbeConfig.{field}="):
@@ -184,21 +184,23 @@ def test_reference_entropy_scale_keeps_marginals_near_half():
 @pytest.mark.parametrize("batch_size", [None, 64])
 def test_same_seed_is_bitwise_reproducible_and_seed_matters(batch_size):
     X, y = planted(300, 20, 3, [1, 5], 1.0, seed=5)
-    cfg = ProbeConfig(max_epochs=40, seed=11, batch_size=batch_size)
+    es = "per_example" if batch_size is None else "reference"  # minibatches need "reference"
+    cfg = ProbeConfig(max_epochs=40, seed=11, batch_size=batch_size, entropy_scale=es)
     a, b = train_probe(X, y, 3, cfg), train_probe(X, y, 3, cfg)
     for name in ("W", "b", "phi", "label_prior"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert a.history == b.history and a.best_epoch == b.best_epoch
-    c = train_probe(X, y, 3, ProbeConfig(max_epochs=40, seed=12, batch_size=batch_size))
+    c = train_probe(X, y, 3, dataclasses.replace(cfg, seed=12))
     assert not torch.equal(a.phi, c.phi)
 
 
 def test_batch_size_at_least_n_is_full_batch():
     X, y = planted(200, 10, 3, [1, 5], 1.0, seed=5)
-    full = train_probe(X, y, 3, ProbeConfig(max_epochs=15, batch_size=None))
-    big = train_probe(X, y, 3, ProbeConfig(max_epochs=15, batch_size=10**6))
+    cfg = ProbeConfig(max_epochs=15, batch_size=None, entropy_scale="reference")
+    full = train_probe(X, y, 3, cfg)
+    big = train_probe(X, y, 3, dataclasses.replace(cfg, batch_size=10**6))
     assert torch.equal(full.W, big.W) and torch.equal(full.phi, big.phi)
-    mini = train_probe(X, y, 3, ProbeConfig(max_epochs=15, batch_size=50))
+    mini = train_probe(X, y, 3, dataclasses.replace(cfg, batch_size=50))
     assert not torch.equal(full.W, mini.W)
 
 
@@ -207,7 +209,7 @@ def test_early_stopping_restores_best_parameters(batch_size):
     # few examples, noise dims, large steps: the held-out log-lik peaks, then falls
     X, y = planted(200, 60, 3, [0, 1], 1.5, seed=6)
     cfg = ProbeConfig(lr=0.05, max_epochs=300, patience=15, held_out_fraction=0.25, seed=3,
-                      batch_size=batch_size)
+                      batch_size=batch_size, entropy_scale="per_example" if batch_size is None else "reference")
     probe = train_probe(X, y, 3, cfg)
     hist = [h["held_out_loglik"] for h in probe.history]
     assert len(hist) < cfg.max_epochs, "early stopping did not trigger"
@@ -229,6 +231,55 @@ def test_early_stopping_restores_best_parameters(batch_size):
         assert torch.equal(getattr(probe, name), getattr(stop, name)), name
 
 
+@pytest.mark.parametrize("batch_size", [None, 32])
+def test_restore_last_returns_the_last_epoch(batch_size):
+    # the setting of test_early_stopping_restores_best_parameters: the best epoch is not the last
+    X, y = planted(200, 60, 3, [0, 1], 1.5, seed=6)
+    cfg = ProbeConfig(lr=0.05, max_epochs=300, patience=15, held_out_fraction=0.25, seed=3,
+                      batch_size=batch_size, entropy_scale="reference", restore="last")
+    last = train_probe(X, y, 3, cfg)
+    best = train_probe(X, y, 3, dataclasses.replace(cfg, restore="best"))
+    hist = [h["held_out_loglik"] for h in last.history]
+    assert last.history == best.history  # same training, only the returned parameters differ
+    assert len(hist) < cfg.max_epochs and last.best_epoch == len(hist) - 1
+    assert best.best_epoch == hist.index(max(hist)) < last.best_epoch
+    _, ho = held_out_split(200, 0.25, 3)
+    assert held_out_log_lik(last, X[ho], y[ho], seed=3) == pytest.approx(hist[-1], abs=1e-6)
+    assert float(last.marginals.mean()) == last.history[-1]["mean_marginal"]
+    assert not torch.equal(last.phi, best.phi) and not torch.equal(last.W, best.W)
+    # bitwise: the last epoch of a run capped at best_epoch + 1 epochs is the best epoch
+    capped = train_probe(X, y, 3, dataclasses.replace(cfg, max_epochs=best.best_epoch + 1))
+    assert capped.best_epoch == best.best_epoch
+    for name in ("W", "b", "phi"):
+        assert torch.equal(getattr(capped, name), getattr(best, name)), name
+
+
+def test_per_example_entropy_with_minibatches_is_rejected():
+    X, y = planted(300, 20, 3, [1, 5], 1.5, seed=5)  # 270 training examples
+    for bs in (32, 269):
+        with pytest.raises(ValueError, match=rf"^train_probe: ProbeConfig.batch_size={bs} < 270 training "
+                                             r"examples \(minibatches\) with entropy_scale='per_example'"):
+            train_probe(X, y, 3, ProbeConfig(batch_size=bs, max_epochs=2))
+    # one batch (batch_size >= N) is full batch; the reference weighting and the plain linear
+    # probe (no latent mask, no entropy) take minibatches
+    for cfg in (ProbeConfig(batch_size=270, max_epochs=2), ProbeConfig(batch_size=None, max_epochs=2),
+                ProbeConfig(batch_size=32, max_epochs=2, entropy_scale="reference")):
+        assert len(train_probe(X, y, 3, cfg).history) == 2
+    assert len(train_linear_probe(X, y, 3, ProbeConfig(batch_size=32, max_epochs=2)).history) == 2
+
+
+def test_params_reject_per_example_entropy_with_a_batch_size():
+    from xalign.params import ParamsError, ProbeParams, load_params
+
+    assert ProbeParams().batch_size is None and ProbeParams().entropy_scale == "per_example"
+    assert ProbeParams(batch_size=256, entropy_scale="reference", restore="last").restore == "last"
+    with pytest.raises(ParamsError, match=r"params\.probe\.batch_size: 256 with entropy_scale 'per_example' "
+                                          r"is rejected .*use null \(full batch\)"):
+        load_params("params/minimal.yaml", overrides={"probe.batch_size": 256})
+    with pytest.raises(ParamsError, match=r"params\.probe\.restore: "):
+        load_params("params/minimal.yaml", overrides={"probe.restore": "first"})
+
+
 def test_held_out_split_is_seeded_and_disjoint():
     tr, ho = held_out_split(50, 0.2, seed=9)
     assert len(ho) == 10 and len(tr) == 40
@@ -237,7 +288,7 @@ def test_held_out_split_is_seeded_and_disjoint():
     assert not torch.equal(held_out_split(50, 0.2, seed=10)[1], ho)
 
 
-@pytest.mark.parametrize("cfg", [ProbeConfig(batch_size=64), ProbeConfig(mc_samples=1),
+@pytest.mark.parametrize("cfg", [ProbeConfig(batch_size=64, entropy_scale="reference"), ProbeConfig(mc_samples=1),
                                  ProbeConfig(weight_decay=1e-3)])
 def test_minibatch_single_sample_and_weight_decay_variants_learn(cfg):
     X, y = planted(600, 32, 3, [2, 9], 2.0, seed=7)

@@ -39,27 +39,50 @@ Entropy weight (``ProbeConfig.entropy_scale``):
   ``Σ_n E_q[log p(π_n | h_n ⊙ m)] + H(q)``, divided by N, i.e. mean log-likelihood
   ``+ H(q) / N``. This is the bound when the subset is *one* latent variable shared by
   the dataset, which is what intrinsic probing asks for ("the" dimensions that encode
-  the attribute), and its weight does not depend on the batch size.
+  the attribute). **Full batch only** (see "Minibatches").
 * ``"reference"``: the weighting of the reference implementation, mean log-likelihood
-  ``+ H(q)``. That is the bound for an independent subset per example; with d in the
+  ``+ H(q)`` per minibatch (``PoissonTrainer.train_loss``, copenlu
+  multilingual-typology-probing). That is the bound for an independent subset per example; with d in the
   hundreds ``H(q)`` (up to ``d ln 2`` nats) dwarfs the per-example log-likelihood
   (at most ``ln C`` nats) and drives every marginal ``σ(φ_d)`` towards 0.5, so q says
-  little about where the attribute lives. Kept for comparison with published numbers.
+  little about where the attribute lives. The BLOOM params use it, as the paper did.
 
-Minibatches (``batch_size``, default 1024; ``None`` = full batch; the reference code,
-copenlu multilingual-typology-probing, uses minibatches of 256): the training split is shuffled once with the seed and cut into
+Where φ settles: ``∂/∂φ_d`` of ``E_q[f] + λ H(q)`` is ``σ'(φ_d) (Δ_d - λ φ_d)``, with
+``Δ_d`` the gain in mean training log-likelihood (nats/example) of keeping dimension d on.
+So ``φ_d → Δ_d / λ``: ``Δ_d`` with ``"reference"`` (λ = 1; marginals near 0.5),
+``N Δ_d`` with ``"per_example"`` (λ = 1/N). With N in the thousands the latter saturates
+every dimension with ``Δ_d`` above ~1e-3 nats, including dimensions whose only gain is the
+point-estimated W fitting noise; the probe is then trained with most of them always on,
+and greedy selection on it varies with the seed. Full-batch Adam (one step per epoch)
+stops on the held-out criterion long before it gets there.
+
+Minibatches (``batch_size``, default ``None`` = full batch; the reference code uses
+minibatches of 256): the training split is shuffled once with the seed and cut into
 ``ceil(N / batch_size)`` near-equal contiguous batches whose order is reshuffled every
-epoch. On large N this reaches a better held-out ELBO in far fewer passes than full-batch
-Adam (benchmarks/bench_probe_selection.py: N = 18,000, d = 1024: held-out
-log-likelihood -0.26 after 117 epochs vs -0.45 after the 300-epoch cap); on small N
-(< 1024 training examples) it is full-batch.
+epoch. A step's gradient is an unbiased estimate of the full-batch one (a batch's mean
+log-likelihood, the same ``λ``), so minibatches optimise the same objective, but take
+``ceil(N / batch_size)`` steps per epoch: with ``"per_example"`` they reach the saturated
+optimum above. Measured (benchmarks/bench_entropy_minibatch.py, 4 seeds, k = 10; planted
+d = 256/512 and tiny-lab vectors, raw and standardised): per-example weighting with
+minibatches of 256 gave seed agreement 0.13-0.52 with up to 40% of marginals above 0.9,
+against 0.32-0.75 and none for the reference weighting with the same minibatches, and full
+batch run for as many steps saturated as much. :func:`train_probe` therefore rejects
+``"per_example"`` with minibatches (``batch_size`` < training examples), and
+``params.ProbeParams`` rejects it with any ``batch_size`` but null. On large N minibatches
+reach a better held-out log-likelihood in far fewer passes than full-batch Adam
+(benchmarks/bench_probe_selection.py, N = 18,000, d = 1024, measured with per-example
+weighting and minibatches of 1024 before they were rejected: held-out log-likelihood -0.26
+after 117 epochs vs -0.45 after the 300-epoch cap).
 
 Early stopping: a seeded held-out part of the training data (``held_out_fraction``) is
 scored after every epoch by the Monte-Carlo estimate of ``E_q[log p(π | h ⊙ m)]`` with
 :data:`EVAL_MC_SAMPLES` fixed masks (common random numbers drawn once from the seed, so
 the criterion is a deterministic function of the parameters); training stops after
-``patience`` epochs without improvement and the best ``W``, ``b`` **and** ``φ`` are
-restored. With the same seed on CPU, training is bitwise reproducible.
+``patience`` epochs without improvement. ``restore="best"`` (default) returns the best
+epoch's ``W``, ``b`` **and** ``φ``; ``restore="last"`` the last epoch's, ``patience``
+epochs past the best, as the reference trainer (it saves the best model but goes on with
+the last: ``model = torch.load(...)`` rebinds a local, and q is not saved at all).
+With the same seed on CPU, training is bitwise reproducible.
 
 Cost: about ``4 N d S C`` flops per epoch (two matrix products) plus a held-out pass;
 gradients are written out by hand (no autograd), and every batch is kept as one
@@ -83,6 +106,7 @@ EVAL_MC_SAMPLES = 8
 #: Decay of the moving-average baseline used when ``mc_samples == 1``.
 _EMA_DECAY = 0.9
 _ENTROPY_SCALES = ("per_example", "reference")
+_RESTORES = ("best", "last")
 
 
 def standardize(X_train: Tensor, *X_other: Tensor, eps: float = 1e-6) -> tuple[Tensor, ...]:
@@ -126,11 +150,19 @@ class ProbeConfig:
         max_epochs: upper bound on passes over the training split.
         patience: epochs without a better held-out log-likelihood before stopping.
         batch_size: largest minibatch; the training split is cut into ``ceil(N / batch_size)``
-            near-equal batches; ``None`` = full batch (one Adam step per epoch).
+            near-equal batches; ``None`` (default) = full batch (one Adam step per epoch).
+            Minibatches (``batch_size`` < N) need ``entropy_scale="reference"``:
+            :func:`train_probe` rejects them with ``"per_example"`` (see the module doc).
         mc_samples: S, masks sampled from q per step (>= 2 enables the leave-one-out baseline).
         entropy_scale: ``"per_example"`` (``H(q)/N``) or ``"reference"`` (``H(q)``); see module doc.
         held_out_fraction: fraction of the training data held out for early stopping.
         seed: seeds the held-out split, the masks and the evaluation masks.
+        restore: which parameters :func:`train_probe` returns: ``"best"`` (default) those of
+            the epoch with the best held-out log-likelihood; ``"last"`` those of the last epoch
+            trained (the stopping epoch, ``best + patience`` after early stopping, else
+            ``max_epochs - 1``), as the reference trainer, which saves its best model but
+            keeps training's last one (copenlu/multilingual-typology-probing,
+            ``FlexibleNeuralProbeTrainer``: ``model = torch.load(...)`` rebinds a local).
 
     Raises:
         ValueError: one line naming the field, for out-of-range values.
@@ -140,11 +172,12 @@ class ProbeConfig:
     weight_decay: float = 0.0
     max_epochs: int = 300
     patience: int = 20
-    batch_size: int | None = 1024
+    batch_size: int | None = None
     mc_samples: int = 4
     entropy_scale: Literal["per_example", "reference"] = "per_example"
     held_out_fraction: float = 0.1
     seed: int = 0
+    restore: Literal["best", "last"] = "best"
 
     def __post_init__(self) -> None:
         checks = [
@@ -156,6 +189,7 @@ class ProbeConfig:
             ("mc_samples", self.mc_samples >= 1, "must be >= 1"),
             ("entropy_scale", self.entropy_scale in _ENTROPY_SCALES, f"must be one of {_ENTROPY_SCALES}"),
             ("held_out_fraction", 0 < self.held_out_fraction < 1, "must be in (0, 1)"),
+            ("restore", self.restore in _RESTORES, f"must be one of {_RESTORES}"),
         ]
         for name, ok, what in checks:
             if not ok:
@@ -176,7 +210,8 @@ class LatentProbe:
             ``train_loglik`` (nats/example, MC), ``entropy`` (H(q), nats),
             ``held_out_loglik`` (nats/example, the early-stopping criterion),
             ``mean_marginal`` (mean of σ(φ)).
-        best_epoch: index into ``history`` of the restored parameters.
+        best_epoch: index into ``history`` of the returned parameters: the best held-out
+            epoch with ``config.restore="best"``, the last epoch with ``"last"``.
         config: the :class:`ProbeConfig` used (``None`` if built by hand).
     """
 
@@ -371,10 +406,11 @@ def _mean_loglik(XT: Tensor, y: Tensor, W: Tensor, b: Tensor, M: Tensor) -> floa
 def train_probe(X: Tensor, y: Tensor, n_classes: int, config: ProbeConfig = ProbeConfig()) -> LatentProbe:
     """Train the latent-variable intrinsic probe (Stańczak et al. 2023; Eq. 1-4 of 2406.13229).
 
-    Maximises the ELBO described in the module docstring with minibatch Adam
-    (``config.batch_size``), ``config.mc_samples`` masks per step, a leave-one-out
-    score-function baseline for φ, early stopping on a seeded held-out split, and
-    restores the best W, b, φ.
+    Maximises the ELBO described in the module docstring with Adam, full batch or
+    minibatches (``config.batch_size``), ``config.mc_samples`` masks per step, a leave-one-out
+    score-function baseline for φ, early stopping on a seeded held-out split, and returns
+    the best epoch's W, b, φ (``config.restore="best"``) or the last epoch's (``"last"``, the
+    reference trainer's).
     ``W`` starts at 0, ``b`` at the log label prior of the training split, ``φ`` at 0
     (all marginals 0.5).
 
@@ -389,7 +425,9 @@ def train_probe(X: Tensor, y: Tensor, n_classes: int, config: ProbeConfig = Prob
 
     Raises:
         ValueError: one line, for a shape mismatch, NaN/inf in X, labels out of range,
-            ``n_classes < 2``, or N too small to hold out ``held_out_fraction``.
+            ``n_classes < 2``, N too small to hold out ``held_out_fraction``, or
+            minibatches (``config.batch_size`` < training examples) with
+            ``config.entropy_scale="per_example"``.
     """
     return _train(X, y, n_classes, config, latent=True)
 
@@ -455,7 +493,13 @@ def _step_grads(XT: Tensor, y: Tensor, Y1hT: Tensor, W: Tensor, b: Tensor, M: Te
     return ll.mean(dim=1), gW, G.sum(dim=(0, 2))
 
 
-def _train(X: Tensor, y: Tensor, n_classes: int, config: ProbeConfig, latent: bool) -> LatentProbe:
+def _train(X: Tensor, y: Tensor, n_classes: int, config: ProbeConfig, latent: bool,
+           check_entropy_batch: bool = True) -> LatentProbe:
+    """The training loop of :func:`train_probe` (``latent``) and :func:`train_linear_probe`.
+
+    ``check_entropy_batch=False`` skips the rejection of ``per_example`` with minibatches
+    (only for benchmarks/bench_entropy_minibatch.py, which measures what it rejects).
+    """
     name = "train_probe" if latent else "train_linear_probe"
     if not isinstance(config, ProbeConfig):
         raise ValueError(f"{name}: config must be a ProbeConfig, got {type(config).__name__}")
@@ -469,6 +513,11 @@ def _train(X: Tensor, y: Tensor, n_classes: int, config: ProbeConfig, latent: bo
     gen = torch.Generator().manual_seed(config.seed)
     n_tr = tr_idx.shape[0]
     bs = n_tr if config.batch_size is None else min(config.batch_size, n_tr)
+    if check_entropy_batch and latent and bs < n_tr and config.entropy_scale == "per_example":
+        raise ValueError(f"{name}: ProbeConfig.batch_size={config.batch_size} < {n_tr} training examples "
+                         "(minibatches) with entropy_scale='per_example' is rejected: q(m) saturates and "
+                         "the selected neurons vary with the seed (xalign.probe, 'Entropy weight'); "
+                         "use batch_size=None or entropy_scale='reference'")
     if bs < n_tr:
         # minibatches: shuffle the training examples once (seeded) and cut them into fixed
         # batches; the order of the batches is reshuffled every epoch
@@ -522,11 +571,13 @@ def _train(X: Tensor, y: Tensor, n_classes: int, config: ProbeConfig, latent: bo
                         "entropy": float(_bernoulli_entropy(phi)) if latent else 0.0,
                         "held_out_loglik": ho,
                         "mean_marginal": float(torch.sigmoid(phi).mean()) if latent else 1.0})
-        if best[2] is None or ho > best[0]:
-            best = (ho, epoch, (W.clone(), b.clone(), phi.clone()))
+        if best[1] < 0 or ho > best[0]:
+            best = (ho, epoch, (W.clone(), b.clone(), phi.clone()) if config.restore == "best" else None)
         elif epoch - best[1] >= config.patience:
             break
 
+    if config.restore == "last":  # the reference trainer's model: the last epoch trained
+        best = (ho, epoch, (W, b, phi))
     W_best, b_best, phi_best = best[2]
     if not latent:
         phi_best = torch.full((d,), math.inf)
