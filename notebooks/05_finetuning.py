@@ -16,14 +16,21 @@
 #
 # Each checkpoint is fine-tuned **on English only** with LoRA (r = 8, α = 32, dropout 0.05,
 # on `query_key_value` for BLOOM) or QLoRA (`transfer.qlora: true`: 4-bit NF4 weights with
-# double quantisation) and evaluated zero-shot on the other languages:
+# double quantisation, `transfer.compute_dtype` bf16 on a GPU) and evaluated zero-shot on the
+# other languages:
 #
-# * **POS** (token classification): trained on English UD, F1 per target treebank;
-# * **XNLI** (sequence classification): the bundle has no English train split (MultiNLI), so
-#   we train on the English dev set, hold out `xnli_dev_fraction` of it for model selection,
-#   and report test accuracy per language.
+# * **POS** (token classification, label on each word's first subword): trained on the English
+#   treebank's train split, or on XTREME's English train (`transfer.pos_train: xtreme`, the
+#   paper); scored per target treebank with **seqeval F1** (metric `f1`, as XTREME reports
+#   it), word accuracy (`accuracy`) and macro F1 over UPOS tags (`macro_f1`);
+# * **XNLI** (sequence classification): trained on MultiNLI (`transfer.xnli_train: mnli`, the
+#   paper: 392k pairs read from disk batch by batch) or, when the data root has no MultiNLI, on
+#   English XNLI dev minus a held-out `xnli_dev_fraction`; test accuracy per language.
 #
-# The epoch with the best English dev score is restored before evaluating the targets.
+# English dev is scored every `transfer.eval_every` optimiser steps (the paper: 100 for POS,
+# 500 for XNLI; null: once per epoch) and the best state is restored before the targets are
+# evaluated. While a unit trains, `transfer/parts/<checkpoint>/<task>.resume.pt` holds the state
+# of its last evaluation: rerunning this notebook after a kill continues from there.
 
 # %% tags=["parameters"]
 # A params file (path, relative to the repository root) or the dict papermill injects
@@ -37,6 +44,7 @@ import pandas as pd
 
 from xalign import runs
 from xalign.params import load_params
+from xalign.stats import DEFAULT_METRICS
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 pd.set_option("display.width", 160, "display.max_columns", 30)
@@ -48,12 +56,12 @@ summary = runs.run_transfer(P)
 res = summary.tables.get("transfer", pd.DataFrame())
 
 # %% [markdown]
-# Zero-shot scores per target language and checkpoint (POS F1, XNLI accuracy; `en-dev` is the
-# English dev score of the selected epoch):
+# Zero-shot scores per target language and checkpoint (POS seqeval F1, XNLI accuracy; `en-dev`
+# is the English dev score of the selected evaluation step):
 
 # %%
 if len(res):
-    main = res[res.metric.isin(["f1", "accuracy"])]
+    main = res[[m == DEFAULT_METRICS[t] for t, m in zip(res.task, res.metric)]]  # one metric per task
     display(main.pivot_table(index=["task", "language"], columns="step", values="value").round(3))
 else:
     print("no transfer run:", "; ".join(summary.skipped))

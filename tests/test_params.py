@@ -41,6 +41,8 @@ def test_dict_form_equals_file_form(tmp_path):
     ({"run_name": "x", "data": {"split_fractions": [0.5, 0.2, 0.2]}}, "split_fractions must sum to 1"),
     ({"run_name": "x", "pretrain": {"checkpoint_steps": [10, 5]}}, "strictly increasing"),
     ({"run_name": "x", "data": {"languages": ["en", "xx"]}}, "unknown language codes ['xx']"),
+    ({"run_name": "x", "data": {"attributes": ["POS", "Number"]}, "probe": {"sweep_attributes": ["Case", "POS"]}},
+     "params.probe.sweep_attributes: ['Case'] not in data.attributes ['POS', 'Number']"),
     ({"run_name": "bad name"}, "params.run_name"),
     ({}, "params.run_name: Field required"),
 ])

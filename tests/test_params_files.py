@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from xalign.params import PAPER_LANGUAGES, load_params
+from xalign.transfer import TransferConfig
 
 PARAMS = sorted((Path(__file__).resolve().parents[1] / "params").glob("*.yaml"))
 
@@ -43,8 +44,17 @@ def test_bloom_files_reproduce_the_paper(name):
     assert P.probe.k == 50 and set(P.probe.attributes) == {"Number", "Gender", "POS"}
     assert sorted(P.data.languages) == sorted(PAPER_LANGUAGES)
     t = P.transfer
-    assert (t.lora_r, t.lora_alpha, t.lora_dropout, t.qlora) == (8, 32, 0.05, False)
-    assert sorted(t.xnli_languages) == sorted(["en", "ar", "es", "fr", "hi", "ur", "vi", "zh"])
+    assert (t.qlora, t.compute_dtype) == (True, "bfloat16")
+    assert (t.lora_r, t.lora_alpha, t.lora_dropout, t.target_modules) == (8, 32, 0.05, ["query_key_value"])
+    assert (t.lr, t.epochs, t.batch_size, t.grad_accum) == (2e-5, {"pos": 10, "xnli": 5}, 8, 4)
+    assert t.eval_every == {"pos": 100, "xnli": 500}
+    assert (t.pos_train, t.xnli_train, t.max_train_examples, t.max_eval_examples) == ("xtreme", "mnli", None, None)
+    # the paper's targets: POS on 11 languages (no Catalan), XNLI on 7; English is the source's own test
+    assert t.pos_languages[0] == "en" and sorted(t.pos_languages[1:]) == sorted(set(PAPER_LANGUAGES) - {"en", "ca"})
+    assert t.xnli_languages[0] == "en" and sorted(t.xnli_languages[1:]) == ["ar", "es", "fr", "hi", "ur", "vi", "zh"]
+    for task in t.tasks:  # the per-task values reach the training config
+        cfg = TransferConfig.from_params(t, seed=P.seed, task=task)
+        assert (cfg.epochs, cfg.eval_every) == ({"pos": (10, 100), "xnli": (5, 500)}[task])
 
 
 def test_bloom_series_lists_offline():
@@ -77,3 +87,21 @@ def test_smollm3_series_steps_parse_in_order():
     assert steps[:-1] == sorted(steps[:-1]) and steps[0] == 40000 and steps[-1] is None
     assert all(s % 40000 == 0 for s in steps[:-1])  # released every 40,000 steps
     assert set(P.data.languages) <= set(PAPER_LANGUAGES) and P.probe.k / 2048 == pytest.approx(50 / 1024, abs=2e-3)
+
+
+@pytest.mark.parametrize("name", sorted(BLOOM_STEPS))
+def test_bloom_files_use_the_papers_treebanks_and_attributes(name):
+    """UD v2.1's default treebank per language (the fetcher's names), all eleven attributes at
+    the final model's sweep, and no sentence skipped below BLOOM's 2048-token context."""
+    from xalign.fetch import UD21_TREEBANKS
+    from xalign.params import ALL_ATTRIBUTES
+
+    P = load_params(f"params/{name}.yaml")
+    # the first entry per language is v2.1's default treebank, "UD_<Language>" in that release
+    assert all("-" not in pairs[0][0] for pairs in UD21_TREEBANKS.values())
+    v21 = {lang: pairs[0][1] for lang, pairs in UD21_TREEBANKS.items()}
+    assert P.data.treebanks == {lang: v21[lang] for lang in P.data.languages}
+    assert v21["en"] == "UD_English-EWT" and v21["es"] == "UD_Spanish-GSD" and v21["hi"] == "UD_Hindi-HDTB"
+    assert sorted(P.data.attributes) == sorted(ALL_ATTRIBUTES)
+    assert sorted(P.probe.sweep_attributes) == sorted(ALL_ATTRIBUTES)
+    assert P.extraction.max_length == 2047  # the paper's code skipped sentences of >= 2048 subwords

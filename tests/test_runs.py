@@ -265,3 +265,67 @@ def test_hidden_size_mismatch_between_vectors_files(run_copy) -> None:
         runs.run_probing(params())
     # nothing written: neither fr's part nor the stage's tables
     assert {p: p.stat().st_mtime_ns for p in (run / "probing").rglob("*.parquet")} == parts
+
+
+def test_sweep_attributes_are_probed_at_the_last_checkpoints_sweep_only(run_copy) -> None:
+    """probe.sweep_attributes (Figure 2 and Appendix B: the paper's eleven) add probes at the
+    sweep layers of the last checkpoint only; the series, Table 1 and Figures 1/3/4 keep
+    probe.attributes, and the series' probing units keep their identity (reused)."""
+    run, params = run_copy
+    P0 = params()
+    before = pd.read_parquet(run / "probing" / "selections.parquet")
+    last = "step-000040"
+    n_series = int((before.checkpoint != last).sum())
+    # sweep layers 1 and 3 of the 3 hidden states; the series' layers are 2 and 3
+    P = params(**{"probe.sweep_attributes": ["Gender", "Number"], "extraction.sweep_layers": [1, 3]})
+    s = runs.run_extraction(P)
+    assert s.computed == 3 and s.reused == 6  # the last checkpoint's vectors only (new sweep)
+    s = runs.run_probing(P)
+    assert s.reused == n_series and s.computed > 0
+    sel = s.tables["selections"]
+    series, at_last = sel[sel.checkpoint != last], sel[sel.checkpoint == last]
+    assert set(series.attribute) == {"Number", "POS"} and set(series.layer) == {2, 3}
+    gender = at_last[at_last.attribute == "Gender"]
+    assert len(gender) and set(gender.layer) == {1, 3}  # sweep layers only, not layer 2
+    assert set(gender.language) <= {"es", "fr", "en"} and {"es", "fr"} <= set(gender.language)
+    for attr in ("Number", "POS"):  # probe.attributes: every extracted layer of the last checkpoint
+        assert set(at_last[at_last.attribute == attr].layer) == {1, 2, 3}
+
+    runs.run_overlap(P)
+    table = runs.run_correlation(P).tables["table1"]
+    assert set(table.attribute) <= {"Number", "POS", "mean"} and "Gender" not in set(table.attribute)
+    figs = set(runs.run_figures(P).tables["figures"].figure)
+    assert f"heatmap_Gender_L3_{last}" in figs and f"heatmap_Gender_L2_{last}" not in figs
+    assert not any("Gender" in f for f in figs if f.startswith("fig4_"))
+    assert (P.figure_dir() / "fig2_overlap_vs_layer.png").is_file()
+
+    # back to no sweep attributes: the series is still reused, the last checkpoint redone
+    assert runs.run_extraction(P0).computed == 3
+    s = runs.run_probing(P0)
+    assert s.reused == n_series and "Gender" not in set(s.tables["selections"].attribute)
+
+
+@pytest.mark.parametrize("task, key, source, rel, step", [
+    ("pos", "pos_train", "xtreme", "udpos/en-ud-train.conllu", "udpos"),
+    ("xnli", "xnli_train", "mnli", "xnli/train-en.tsv", "mnli")])
+def test_missing_paper_training_file_is_one_line_with_the_fetch_command(tmp_path, task, key, source, rel, step):
+    """The paper's English training sets are fetched, never shipped: the stage stops at once."""
+    from xalign.params import resolve_data_root
+
+    shared = resolve_data_root(None)
+    root = tmp_path / "data"
+    (root / "xnli").mkdir(parents=True)
+    (root / "ud").symlink_to(shared / "ud")
+    for f in (shared / "xnli").glob("*-*.tsv"):
+        if not f.name.startswith("train-"):
+            (root / "xnli" / f.name).symlink_to(f)
+    P = load_params(REPO / "params" / "minimal.yaml",
+                    overrides={"runs_dir": str(tmp_path / "runs"), "figures_dir": str(tmp_path / "figures"),
+                               "data_root": str(root), "transfer.tasks": [task], f"transfer.{key}": source})
+    with pytest.raises(FileNotFoundError) as e:
+        runs.run_transfer(P)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(root / rel))
+    assert f"transfer.{key}: {source}" in msg
+    assert f"python -m xalign.data fetch --only {step} --root {root}" in msg
+    assert not (P.run_dir() / "transfer").exists()

@@ -16,8 +16,8 @@ import torch
 
 from xalign.params import TransferParams
 from xalign import data as D
-from xalign.transfer import (DEV_LANGUAGE, POS_LABELS, XNLI_LABELS, TransferConfig, _load, _encode_pos,
-                             _predict, _train, finetune_pos, finetune_xnli, pos_f1,
+from xalign.transfer import (DEV_LANGUAGE, _EncodedTrain, ResumeFile, XnliTsvStream, POS_LABELS, XNLI_LABELS, TransferConfig, _load, _encode_pos,
+                             _predict, _train, finetune_pos, finetune_xnli, pos_scores,
                              split_xnli_dev)
 
 
@@ -78,20 +78,28 @@ POS_CFG = dict(epochs=3, lr=5e-3, batch_size=16, max_length=64, seed=0)
 # ---------------------------------------------------------------------------------------
 # metrics and readers
 # ---------------------------------------------------------------------------------------
-def test_pos_f1_hand_built():
-    # micro = accuracy 3/4; NOUN: tp 3, fp 1, fn 0 -> 6/7; VERB: tp 0, fn 1 -> 0; macro 3/7
-    m = pos_f1([["NOUN", "NOUN", "NOUN", "VERB"]], [["NOUN", "NOUN", "NOUN", "NOUN"]])
-    assert m["f1"] == pytest.approx(0.75) and m["macro_f1"] == pytest.approx(3 / 7)
+def test_pos_scores_hand_built():
+    # accuracy 3/4; NOUN: tp 3, fp 1, fn 0 -> 6/7; VERB: tp 0, fn 1 -> 0; macro 3/7
+    # seqeval reads N+OUN / V+ERB as chunks: gold spans OUN[0..2], ERB[3]; predicted OUN[0..3]:
+    # no span matches -> F1 0
+    m = pos_scores([["NOUN", "NOUN", "NOUN", "VERB"]], [["NOUN", "NOUN", "NOUN", "NOUN"]])
+    assert m["accuracy"] == pytest.approx(0.75) and m["macro_f1"] == pytest.approx(3 / 7)
+    assert m["f1"] == 0.0
+    # runs of one tag are one span: DET NOUN VERB vs DET NOUN NOUN -> gold 3 spans, predicted 2
+    # (ET[0], OUN[1..2]); 1 correct: P 1/2, R 1/3, F1 0.4 (accuracy 2/3)
+    m = pos_scores([["DET", "NOUN", "VERB"]], [["DET", "NOUN", "NOUN"]])
+    assert m["f1"] == pytest.approx(0.4) and m["accuracy"] == pytest.approx(2 / 3)
     # ADJ is predicted but absent from gold: not averaged (macro = (0 + 1) / 2, not /3)
-    m = pos_f1([["NOUN"], ["VERB"]], [["ADJ"], ["VERB"]])
-    assert m["f1"] == pytest.approx(0.5) and m["macro_f1"] == pytest.approx(0.5)
-    assert pos_f1([["DET", "NOUN"]], [["DET", "NOUN"]]) == {"f1": 1.0, "macro_f1": 1.0}
+    m = pos_scores([["NOUN"], ["VERB"]], [["ADJ"], ["VERB"]])
+    assert m["accuracy"] == pytest.approx(0.5) and m["macro_f1"] == pytest.approx(0.5)
+    assert m["f1"] == pytest.approx(0.5)  # spans OUN, ERB vs DJ, ERB: P = R = 1/2
+    assert pos_scores([["DET", "NOUN"]], [["DET", "NOUN"]]) == {"accuracy": 1.0, "f1": 1.0, "macro_f1": 1.0}
     with pytest.raises(ValueError, match="sentence 0"):
-        pos_f1([["DET", "NOUN"]], [["DET"]])
+        pos_scores([["DET", "NOUN"]], [["DET"]])
     with pytest.raises(ValueError, match="gold sentences"):
-        pos_f1([["DET"]], [])
+        pos_scores([["DET"]], [])
     with pytest.raises(ValueError, match="no words"):
-        pos_f1([[]], [[]])
+        pos_scores([[]], [[]])
 
 
 def test_encode_pos_labels_first_subwords_with_bos(tiny_bloom):
@@ -167,11 +175,11 @@ def test_unknown_upos_and_missing_target_module(tiny_bloom, gum):
 def _check_pos_frame(df: pd.DataFrame, eval_sets: dict, epochs: int, tok_words) -> None:
     assert set(df.columns) >= {"task", "language", "metric", "value", "n", "n_words", "n_words_cut", "best_epoch"}
     assert list(df["language"].unique()) == [DEV_LANGUAGE, *eval_sets]
-    assert sorted(df["metric"].unique()) == ["f1", "macro_f1"] and len(df) == 2 * (1 + len(eval_sets))
+    assert sorted(df["metric"].unique()) == ["accuracy", "f1", "macro_f1"] and len(df) == 3 * (1 + len(eval_sets))
     assert df["value"].between(0, 1).all()
     assert df["best_epoch"].nunique() == 1 and 1 <= df["best_epoch"].iloc[0] <= epochs
     for lang, sents in eval_sets.items():
-        row = df[(df.language == lang) & (df.metric == "f1")].iloc[0]
+        row = df[(df.language == lang) & (df.metric == "accuracy")].iloc[0]
         assert row.n_words + row.n_words_cut == tok_words(sents)
         assert row.n <= len(sents)
 
@@ -181,7 +189,7 @@ def test_pos_lora_learns_english_gum(tiny_bloom, gum):
     cfg = TransferConfig(**POS_CFG)
     df = finetune_pos(tiny_bloom, train, dev, evals, cfg)
     _check_pos_frame(df, evals, cfg.epochs, lambda s: sum(len(f) for f, _ in s))
-    en = df[(df.language == DEV_LANGUAGE) & (df.metric == "f1")].iloc[0]
+    en = df[(df.language == DEV_LANGUAGE) & (df.metric == "accuracy")].iloc[0]
     base = _majority_baseline(train, dev)
     assert en.value > base + 0.2, (en.value, base)
     # a max_length of 64 cuts some long sentences: cut words are counted, not scored
@@ -202,14 +210,14 @@ def test_qlora_quantises_base_and_trains(tiny_bloom, gum):
     assert any("classifier.modules_to_save" in n for n in trainable)
     frozen = qkv[0].weight.detach().clone()
     enc = _encode_pos(tok, train[:48], cfg.max_length, "t")
-    _train(model, enc, lambda: (0.0, None), TransferConfig(qlora=True, epochs=1, max_length=64), True,
+    _train(model, _EncodedTrain(enc, True), lambda: (0.0, None), TransferConfig(qlora=True, epochs=1, max_length=64),
            tok.pad_token_id, device, "pos")
     after = dict(model.named_parameters())
     assert all(not torch.equal(after[n], v) for n, v in trainable.items() if "lora_B" in n or "classifier" in n)
     assert torch.equal(qkv[0].weight.detach(), frozen)  # the 4-bit base stays frozen
     # end to end: QLoRA learns English POS well above the majority-tag baseline
     df = finetune_pos(tiny_bloom, train, dev, evals, cfg)
-    en = df[(df.language == DEV_LANGUAGE) & (df.metric == "f1")].iloc[0]
+    en = df[(df.language == DEV_LANGUAGE) & (df.metric == "accuracy")].iloc[0]
     assert en.value > _majority_baseline(train, dev) + 0.2
 
 
@@ -258,8 +266,8 @@ def test_model_selection_restores_best_epoch(tiny_bloom, gum):
         s = next(scores)
         return s, f"result {s}"
 
-    best_epoch, result = _train(model, enc, dev_eval, cfg, True, tok.pad_token_id, device, "pos")
-    assert (best_epoch, result) == (2, "result 0.5")
+    pr = _train(model, _EncodedTrain(enc, True), dev_eval, cfg, tok.pad_token_id, device, "pos")
+    assert (pr.best_epoch, pr.best_result) == (2, "result 0.5")
     now = dict(model.named_parameters())
     assert all(torch.equal(now[n], v) for n, v in snapshots[1].items())
     assert any(not torch.equal(now[n], v) for n, v in snapshots[2].items())
@@ -279,3 +287,140 @@ def test_xnli_pipeline_real_data_and_determinism(tiny_bloom, data_root: Path):
     assert df["n_truncated"].between(0, df["n"]).all() and df["n_truncated"].sum() > 0  # 48 tokens is tight
     again = finetune_xnli(tiny_bloom, train, dev, evals, cfg)
     pd.testing.assert_frame_equal(df, again)
+
+
+# ---------------------------------------------------------------------------------------
+# the paper's schedule: accumulation, evaluation every N steps, resume, streaming
+# ---------------------------------------------------------------------------------------
+def test_grad_accum_and_eval_every_schedule(tiny_bloom, gum):
+    """36 examples, micro-batch 4, 2 per step -> 9 micro-batches, 5 steps an epoch, 10 in all;
+    dev is scored every 3 steps and after the last; the best evaluation (planted) is restored."""
+    train, _, _ = gum
+    cfg = TransferConfig(epochs=2, batch_size=4, grad_accum=2, eval_every=3, max_length=48, lr=1e-2)
+    model, tok, device = _load(tiny_bloom, "pos", POS_LABELS, cfg, None, None)
+    ts = _EncodedTrain(_encode_pos(tok, train[:36], cfg.max_length, "t"), True)
+    assert len(ts.keep) == 36
+    steps, snaps, scores = [], [], iter([0.1, 0.6, 0.2, 0.3])
+    opt_steps = []
+    orig_step = torch.optim.AdamW.step
+
+    def counting_step(self, *a, **k):
+        opt_steps.append(1)
+        return orig_step(self, *a, **k)
+
+    def dev_eval():
+        snaps.append(_trainable(model))
+        steps.append(len(opt_steps))
+        return next(scores), None
+
+    torch.optim.AdamW.step = counting_step
+    try:
+        pr = _train(model, ts, dev_eval, cfg, tok.pad_token_id, device, "pos")
+    finally:
+        torch.optim.AdamW.step = orig_step
+    assert steps == [3, 6, 9, 10] and pr.step == 10 and [h[0] for h in pr.history] == steps
+    assert (pr.best_step, pr.best_epoch) == (6, 2)  # step 6 is the first of epoch 2
+    now = _trainable(model)
+    assert all(torch.equal(now[n], v) for n, v in snaps[1].items())
+    assert any(not torch.equal(now[n], v) for n, v in snaps[3].items())
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_finetuning_resumes_from_last_evaluation(tiny_bloom, gum, tmp_path, monkeypatch):
+    """A run interrupted after its 2nd of 3 evaluations (step 4, inside epoch 2), then resumed, gives the same table as
+    an uninterrupted run, bit for bit; a state saved under another key is not used."""
+    train, dev, evals = gum
+    train, dev = train[:48], dev[:24]
+    cfg = TransferConfig(epochs=2, batch_size=8, grad_accum=2, eval_every=2, max_length=48, lr=5e-3, seed=2)
+    full = finetune_pos(tiny_bloom, train, dev, evals, cfg)
+    assert list(full["n_evals"].unique()) == [3] and list(full["n_steps"].unique()) == [6]  # 3 steps an epoch
+    path = tmp_path / "pos.resume.pt"
+    saves, orig = [], ResumeFile.save
+
+    def save_then_die(self, state):
+        orig(self, state)
+        saves.append(state["progress"]["step"])
+        if len(saves) == 2:
+            raise _Killed
+
+    monkeypatch.setattr(ResumeFile, "save", save_then_die)
+    with pytest.raises(_Killed):
+        finetune_pos(tiny_bloom, train, dev, evals, cfg, resume=ResumeFile(path, "key-a"))
+    assert saves == [2, 4] and path.is_file()
+    monkeypatch.setattr(ResumeFile, "save", orig)
+    resumed = finetune_pos(tiny_bloom, train, dev, evals, cfg, resume=ResumeFile(path, "key-a"))
+    pd.testing.assert_frame_equal(resumed, full)
+    assert not path.exists()  # removed once the targets are scored
+    # a stale state (another key) is ignored: training starts from step 0
+    monkeypatch.setattr(ResumeFile, "save", save_then_die)
+    saves.clear()
+    with pytest.raises(_Killed):
+        finetune_pos(tiny_bloom, train, dev, evals, cfg, resume=ResumeFile(path, "key-a"))
+    monkeypatch.setattr(ResumeFile, "save", orig)
+    assert path.is_file()
+    other = TransferConfig(**{**cfg.__dict__, "lr": 1e-3})
+    fresh = finetune_pos(tiny_bloom, train, dev, evals, other)
+    pd.testing.assert_frame_equal(finetune_pos(tiny_bloom, train, dev, evals, other,
+                                               resume=ResumeFile(path, "key-b")), fresh)
+
+
+def _write_tsv(df: pd.DataFrame, path: Path) -> Path:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("premise\thypothesis\tlabel\n")
+        for p, h, l in zip(df.premise, df.hypothesis, df.label):
+            f.write(f"{p}\t{h}\t{l}\n")
+    return path
+
+
+def test_xnli_streams_a_tsv_and_matches_the_table(tiny_bloom, data_root: Path, tmp_path):
+    """Training from a TSV read batch by batch gives the table's result; no call to the
+    tokenizer sees more than one batch of training pairs."""
+    train, dev = split_xnli_dev(D.read_xnli(data_root, "dev", "en"), 0.1, seed=0)
+    train, dev = train.head(72).reset_index(drop=True), dev.head(24)
+    evals = {"fr": D.read_xnli(data_root, "test", "fr", max_rows=16)}
+    cfg = TransferConfig(epochs=1, batch_size=8, grad_accum=2, eval_every=2, max_length=48, seed=1)
+    stream = XnliTsvStream(_write_tsv(train, tmp_path / "train-en.tsv"))
+    assert len(stream) == 72 and stream.read([3, 0]).equals(train.iloc[[3, 0]].reset_index(drop=True))
+    sizes = []
+    orig = XnliTsvStream.read
+    XnliTsvStream.read = lambda self, idx: sizes.append(len(idx)) or orig(self, idx)
+    try:
+        streamed = finetune_xnli(tiny_bloom, stream, dev, evals, cfg)
+    finally:
+        XnliTsvStream.read = orig
+    assert max(sizes) == 8 and sum(sizes) == 72
+    pd.testing.assert_frame_equal(streamed, finetune_xnli(tiny_bloom, train, dev, evals, cfg))
+    sub = XnliTsvStream(tmp_path / "train-en.tsv", rows=range(40))
+    assert len(sub) == 40
+
+
+def test_xnli_tsv_stream_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "train-en.tsv"
+    bad.write_text("premise\thypothesis\tlabel\na\tb\tneutral\nc\td\tmaybe\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train-en.tsv: line 3: label 'maybe' not in"):
+        XnliTsvStream(bad)
+    bad.write_text("premise\thypothesis\tlabel\na\tb\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 2: fewer or more than 3"):
+        XnliTsvStream(bad)
+    bad.write_text("sentence1\tsentence2\tgold_label\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="header must be"):
+        XnliTsvStream(bad)
+
+
+def test_per_task_epochs_and_eval_every_from_params():
+    tp = TransferParams(epochs={"pos": 10, "xnli": 5}, eval_every={"pos": 100, "xnli": 500}, grad_accum=4,
+                        batch_size=8, lr=2e-5, compute_dtype="bfloat16")
+    pos, xnli = (TransferConfig.from_params(tp, task=t) for t in ("pos", "xnli"))
+    assert (pos.epochs, pos.eval_every, xnli.epochs, xnli.eval_every) == (10, 100, 5, 500)
+    assert pos.grad_accum == 4 and pos.compute_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="transfer.epochs: no value for task None"):
+        TransferConfig.from_params(tp)
+    with pytest.raises(ValueError, match="eval_every"):
+        TransferConfig(eval_every=0)

@@ -30,6 +30,14 @@ class ParamsError(ValueError):
     """A params file or dict that does not match the schema (one-line message)."""
 
 
+class _KeyError(ValueError):
+    """A check across sections, reported at ``key`` (dotted, below ``params``)."""
+
+    def __init__(self, key: str, msg: str) -> None:
+        super().__init__(msg)
+        self.key = key
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -159,16 +167,26 @@ class ProbeParams(_Strict):
     """Stage 3: latent-variable intrinsic probe (Stańczak et al. 2023) and greedy selection."""
 
     attributes: list[str] = Field(default_factory=lambda: ["Number", "Gender", "POS"])
+    #: attributes probed at the layer sweep (extraction.sweep_layers) of the last checkpoint
+    #: only, besides ``attributes`` (which are probed at every extracted layer): Figure 2 and
+    #: the Appendix B heatmaps of the paper use all eleven, its checkpoint series Number,
+    #: Gender and POS. Must be in data.attributes. None: ``attributes`` only.
+    sweep_attributes: list[str] | None = None
     k: int = Field(50, ge=1)
     lr: float = Field(1e-2, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_epochs: int = Field(300, ge=1)
     patience: int = Field(20, ge=1)
     #: largest minibatch (the training split is cut into near-equal batches); None = full batch.
-    batch_size: int | None = Field(1024, ge=1)
+    #: Minibatches need entropy_scale "reference" (the reference trainer's: 256).
+    batch_size: int | None = Field(None, ge=1)
     mc_samples: int = Field(4, ge=1)
+    #: "per_example": H(q)/N (one subset for the dataset; full batch only, see xalign.probe);
+    #: "reference": H(q) once per minibatch, as the reference trainer.
     entropy_scale: Literal["per_example", "reference"] = "per_example"
     held_out_fraction: float = Field(0.1, gt=0, lt=1)
+    #: parameters kept after training: "best" held-out epoch, or "last" (the reference trainer's).
+    restore: Literal["best", "last"] = "best"
     min_train_examples: int = Field(50, ge=2)
     #: z-score each dimension with train statistics before probing (see probe.standardize).
     standardize: bool = True
@@ -176,6 +194,14 @@ class ProbeParams(_Strict):
     #: (selection.retrained_mi): the meaningful all-d reference; the latent probe's own
     #: all-d MI (dev_mi_all) is off its training distribution. Costs a few seconds a probe.
     retrain: bool = True
+
+    @model_validator(mode="after")
+    def _entropy_needs_full_batch(self) -> "ProbeParams":
+        if self.entropy_scale == "per_example" and self.batch_size is not None:
+            raise _KeyError("probe.batch_size", f"{self.batch_size} with entropy_scale 'per_example' is rejected "
+                            "(minibatches saturate q(m); see xalign.probe): use null (full batch) or "
+                            "entropy_scale: reference")
+        return self
 
 
 class OverlapParams(_Strict):
@@ -185,25 +211,63 @@ class OverlapParams(_Strict):
 
 
 class TransferParams(_Strict):
-    """Stage 5: (Q)LoRA fine-tuning on English, zero-shot evaluation on the other languages."""
+    """Stage 5: (Q)LoRA fine-tuning on English, zero-shot evaluation on the other languages.
+
+    See :class:`xalign.transfer.TransferConfig` for the training fields. ``epochs`` and
+    ``eval_every`` take one value or one per task (``{pos: 10, xnli: 5}``, the paper).
+    """
 
     tasks: list[Literal["pos", "xnli"]] = Field(default_factory=lambda: ["pos", "xnli"])
     qlora: bool = False
+    #: QLoRA compute dtype: "bfloat16" (the paper), "float32", "auto" (bf16 on CUDA only).
+    compute_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["query_key_value"])
-    epochs: int = Field(2, ge=1)
+    epochs: int | dict[Literal["pos", "xnli"], int] = 2
     lr: float = Field(1e-3, gt=0)
+    #: examples per micro-batch; one AdamW step every grad_accum micro-batches.
     batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    #: English dev is scored every eval_every optimiser steps (and after the last); null: per epoch.
+    eval_every: int | None | dict[Literal["pos", "xnli"], int] = None
     max_length: int = Field(128, ge=8)
+    #: English POS training data: "treebank" = the train split of the English source treebank;
+    #: "xtreme" = XTREME's UD-POS English train (udpos/en-ud-train.conllu: UD v2.5
+    #: EWT+GUM+LinES+ParTUT, 21,253 sentences; fetch step udpos).
+    pos_train: Literal["treebank", "xtreme"] = "treebank"
+    #: English source treebank (dev: model selection; test: the source's own score; train when
+    #: pos_train is "treebank"). None: data.treebanks["en"], else the en default (GUM).
     pos_source_treebank: str | None = None
+    #: POS evaluation languages; "en" is the source treebank's test split (the source's own
+    #: score, which the paper's Table 1 averages in). None: "en" + data.languages.
     pos_languages: list[str] | None = None
+    #: English XNLI training data: "mnli" = MultiNLI train (xnli/train-en.tsv, 392k pairs,
+    #: streamed; fetch step mnli), model selection on English XNLI dev; "xnli_dev" = English
+    #: XNLI dev minus a held-out xnli_dev_fraction for model selection (for data roots without MultiNLI).
+    xnli_train: Literal["mnli", "xnli_dev"] = "xnli_dev"
     xnli_languages: list[str] = Field(
         default_factory=lambda: ["en", "ar", "es", "fr", "hi", "ur", "vi", "zh"])
     xnli_dev_fraction: float = Field(0.1, gt=0, lt=1)
+    #: English training examples (a seeded sample); null: all.
     max_train_examples: int | None = Field(300, ge=1)
+    #: English dev and target test examples per language (the first ones); null: all.
     max_eval_examples: int | None = Field(80, ge=1)
+
+    @model_validator(mode="after")
+    def _per_task(self) -> "TransferParams":
+        for name in ("epochs", "eval_every"):
+            v = getattr(self, name)
+            if isinstance(v, dict):
+                missing = [t for t in self.tasks if t not in v]
+                if missing:
+                    raise ValueError(f"{name}: no value for task(s) {missing}")
+                if any(x < 1 for x in v.values()):
+                    raise ValueError(f"{name}: values must be >= 1, got {v}")
+            elif v is not None and v < 1:
+                raise ValueError(f"{name}: must be >= 1, got {v}")
+        return self
 
 
 class CorrelationParams(_Strict):
@@ -242,6 +306,15 @@ class RunParams(_Strict):
     transfer: TransferParams = Field(default_factory=TransferParams)
     correlation: CorrelationParams = Field(default_factory=CorrelationParams)
     figures: FigureParams = Field(default_factory=FigureParams)
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> "RunParams":
+        sweep = self.probe.sweep_attributes or []
+        missing = [a for a in sweep if a not in self.data.attributes]
+        if missing:
+            raise _KeyError("probe.sweep_attributes", f"{missing} not in data.attributes {self.data.attributes} "
+                            "(data prep builds no datasets for them)")
+        return self
 
     # ---- derived paths -------------------------------------------------------------
     def run_dir(self, root: Path | None = None) -> Path:
@@ -295,6 +368,9 @@ def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(x) for x in first["loc"]) or "<root>"
     msg = first["msg"]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, _KeyError):
+        loc, msg = cause.key, str(cause)
     if first["type"] == "extra_forbidden":
         msg = "unknown key (misspelt?)"
     extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""

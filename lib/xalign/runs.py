@@ -243,7 +243,8 @@ def run_data_prep(P: RunParams) -> StageSummary:
         words_sha[f"words/{lang}"] = st.m.sha256(dest)
         tables.append(w)
     config = {"languages": dp.languages, "attributes": dp.attributes, "min_count": dp.min_count,
-              "split_fractions": list(dp.split_fractions), "seed": P.seed}
+              "split_fractions": list(dp.split_fractions), "seed": P.seed,
+              "summary_columns": list(data.SUMMARY_COLUMNS)}  # a summary without n_multi_value is redone
     ident = identity("data_prep.labels", config, words_sha)
     f_labels, f_summary = st.run_dir / "data" / "labels.parquet", st.run_dir / "data" / "summary.parquet"
     if st.current(f_labels, ident) and st.current(f_summary, ident):
@@ -332,6 +333,20 @@ class _VectorsFile:
         self.writer.write_rows(f"layer_{layer}", start, block)
 
 
+def _sweep_attributes(P: RunParams) -> list[str]:
+    """``probe.sweep_attributes`` not in ``probe.attributes`` (order kept): probed at the last
+    checkpoint's sweep layers only. Empty without a sweep (``extraction.sweep_layers: []``)."""
+    if not P.extraction.sweep_layers:
+        return []
+    return [a for a in (P.probe.sweep_attributes or []) if a not in P.probe.attributes]
+
+
+def _sweep_layers_in(P: RunParams, layers: list[int]) -> list[int]:
+    """The sweep layers (``extraction.sweep_layers``, "all" = every one) among a vectors file's ``layers``."""
+    sweep = P.extraction.sweep_layers
+    return list(layers) if sweep == "all" else [l for l in layers if l in set(sweep)]
+
+
 def _check_layers(layers: list[int], n_hs: int, name: str, key: str) -> None:
     bad = [l for l in layers if not 1 <= l <= n_hs]
     if bad:
@@ -344,7 +359,8 @@ def run_extraction(P: RunParams) -> StageSummary:
     """Stage 2: word vectors (mean of subword hidden states) for every labelled word.
 
     Every checkpoint gets ``extraction.layers``; the last one also gets the layer sweep
-    ``extraction.sweep_layers`` (Figure 2). Vectors are written per (checkpoint, language)
+    ``extraction.sweep_layers`` (Figure 2), and its vectors cover the sentences of the words
+    labelled for ``probe.sweep_attributes`` as well. Vectors are written per (checkpoint, language)
     and reused while the checkpoint's weights, the language's words and the extraction
     params (layers, tokenisation, max_length, bf16, dtype; not the batch size or the
     device, ``extraction.device``) are unchanged. A checkpoint whose vectors are all
@@ -361,8 +377,11 @@ def run_extraction(P: RunParams) -> StageSummary:
 
     st = _start(P, "extraction")
     s, run_dir, ep = st.s, st.run_dir, P.extraction
-    labels = read_table(run_dir / "data" / "labels.parquet")
-    labels = labels[labels.attribute.isin(P.probe.attributes)]
+    all_labels = read_table(run_dir / "data" / "labels.parquet")
+    labels = all_labels[all_labels.attribute.isin(P.probe.attributes)]
+    # the last checkpoint's sweep also needs the sentences of probe.sweep_attributes
+    sweep_attrs = _sweep_attributes(P)
+    last_labels = all_labels[all_labels.attribute.isin([*P.probe.attributes, *sweep_attrs])] if sweep_attrs else labels
     ckpts = resolve_checkpoints(P, st.m)
     weights = {r["name"]: r["weights_sha256"] for r in _checkpoints(run_dir)}
     device = ex.resolve_device(ep.device)
@@ -372,9 +391,11 @@ def run_extraction(P: RunParams) -> StageSummary:
         last = i == len(ckpts) - 1
         todo, model = [], None
         for lang in P.data.languages:
-            need = labels[labels.language == lang]
+            lab_c = last_labels if last else labels
+            need = lab_c[lab_c.language == lang]
             if need.empty:
-                s.skipped.append(f"{c.name}/{lang}: no labelled words for {P.probe.attributes}")
+                wanted = [*P.probe.attributes, *sweep_attrs] if last else P.probe.attributes
+                s.skipped.append(f"{c.name}/{lang}: no labelled words for {wanted}")
                 continue
             dest = _vectors_path(run_dir, c.name, lang)
             words_f = run_dir / "data" / "words" / f"{lang}.parquet"
@@ -491,8 +512,13 @@ def _check_vectors(f: Path, shapes: dict[str, tuple[int, ...]], meta: dict[str, 
 
 def _probe_unit(P: RunParams, cfg, c: dict, lang: str, attrs: list[str], labels: pd.DataFrame,
                 tensors: Mapping[str, torch.Tensor], meta: dict[str, Any], d: int,
-                skipped: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Probes and greedy selections for one (checkpoint, language): every attribute x layer."""
+                skipped: list[str], layers_of: Mapping[str, list[int]] | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Probes and greedy selections for one (checkpoint, language): every attribute x layer.
+
+    ``layers_of`` gives the layers of an attribute probed at fewer than the vectors file's
+    ``meta["layers"]`` (``probe.sweep_attributes``: the sweep layers only).
+    """
     from .probe import standardize, train_probe
     from .selection import greedy_select, retrained_mi
 
@@ -500,7 +526,7 @@ def _probe_unit(P: RunParams, cfg, c: dict, lang: str, attrs: list[str], labels:
     sel_rows, path_rows = [], []
     for attr in attrs:
         lab = labels[labels.attribute == attr]
-        for layer in meta["layers"]:
+        for layer in (layers_of or {}).get(attr, meta["layers"]):
             splits, values = probe_splits(lab, tensors, layer)
             (Xtr, ytr), (Xdv, ydv), (Xte, yte) = splits["train"], splits["dev"], splits["test"]
             if len(ytr) < pp.min_train_examples or len(ydv) == 0 or len(yte) == 0:
@@ -547,6 +573,10 @@ def run_probing(P: RunParams) -> StageSummary:
     The unit of work and of reuse is one (checkpoint, language): its probes for every kept
     attribute and extracted layer, written to ``probing/parts/<checkpoint>/<lang>.*.parquet``
     and reused while its vectors file, its labels and the probe params are unchanged.
+    ``probe.attributes`` are probed at every extracted layer of every checkpoint;
+    ``probe.sweep_attributes`` (the paper's eleven for Figure 2 and Appendix B) additionally
+    at the sweep layers (``extraction.sweep_layers``) of the last checkpoint only, so the
+    series (Figures 1, 3-5, Table 1) keeps ``probe.attributes`` alone.
 
     Raises:
         ValueError: ``probe.k`` larger than a checkpoint's hidden size.
@@ -559,14 +589,18 @@ def run_probing(P: RunParams) -> StageSummary:
     s, run_dir, pp = st.s, st.run_dir, P.probe
     cfg = ProbeConfig(lr=pp.lr, weight_decay=pp.weight_decay, max_epochs=pp.max_epochs, patience=pp.patience,
                       batch_size=pp.batch_size, mc_samples=pp.mc_samples, entropy_scale=pp.entropy_scale,
-                      held_out_fraction=pp.held_out_fraction, seed=P.seed)
+                      held_out_fraction=pp.held_out_fraction, restore=pp.restore, seed=P.seed)
     labels = read_table(run_dir / "data" / "labels.parquet")
     summary = read_table(run_dir / "data" / "summary.parquet")
-    kept = summary[(summary.status == "kept") & summary.attribute.isin(pp.attributes)
+    sweep_attrs = _sweep_attributes(P)  # probed on the last checkpoint's sweep layers only
+    kept = summary[(summary.status == "kept") & summary.attribute.isin([*pp.attributes, *sweep_attrs])
                    & summary.language.isin(P.data.languages)]
+    ckpts = _checkpoints(run_dir)
+    last_name = ckpts[-1]["name"] if ckpts else None
     jobs = []
-    for c in _checkpoints(run_dir):
-        for lang in sorted(kept.language.unique()):
+    for c in ckpts:
+        kept_c = kept if c["name"] == last_name else kept[kept.attribute.isin(pp.attributes)]
+        for lang in sorted(kept_c.language.unique()):
             f = _vectors_path(run_dir, c["name"], lang)
             if not f.is_file():
                 s.skipped.append(f"{c['name']}/{lang}: no vectors")
@@ -575,10 +609,14 @@ def run_probing(P: RunParams) -> StageSummary:
     sel_parts, path_parts, part_idents = [], [], {}
     d_of: dict[str, int] = {}
     for c, lang, f in progress(jobs, desc="probing", total=len(jobs)):
-        attrs = sorted(kept[kept.language == lang].attribute)
-        lab = labels[(labels.language == lang) & labels.attribute.isin(attrs)]
-        config = {**_cfg(pp, {"attributes"}), "attributes": attrs, "seed": P.seed, "checkpoint": c["name"],
-                  "language": lang}
+        kept_l = kept[kept.language == lang]
+        attrs = sorted(kept_l[kept_l.attribute.isin(pp.attributes)].attribute)
+        extra = sorted(kept_l[kept_l.attribute.isin(sweep_attrs)].attribute) if c["name"] == last_name else []
+        lab = labels[(labels.language == lang) & labels.attribute.isin(attrs + extra)]
+        config = {**_cfg(pp, {"attributes", "sweep_attributes"}), "attributes": attrs, "seed": P.seed,
+                  "checkpoint": c["name"], "language": lang}
+        if extra:  # absent otherwise, so units without a sweep keep their identity
+            config.update(sweep_attributes=extra, sweep_layers=P.extraction.sweep_layers)
         inputs = {"vectors": st.m.sha256(f), "labels": content_sha256(lab.reset_index(drop=True))}
         ident = identity("probing", config, inputs)
         base = run_dir / "probing" / "parts" / c["name"] / lang
@@ -593,7 +631,9 @@ def run_probing(P: RunParams) -> StageSummary:
             d = _check_vectors(f, tensors.shapes, meta, d_of.get(c["name"]))
             if pp.k > d:
                 raise ValueError(f"probe.k={pp.k} exceeds the hidden size d={d} of {c['name']} ({f})")
-            sel, paths = _probe_unit(P, cfg, c, lang, attrs, lab, tensors, meta, d, s.skipped)
+            sweep_in = _sweep_layers_in(P, meta["layers"])
+            sel, paths = _probe_unit(P, cfg, c, lang, sorted(attrs + extra), lab, tensors, meta, d, s.skipped,
+                                     layers_of={a: sweep_in for a in extra})
             write_table(sel, f_sel)
             write_table(paths, f_path)
             st.record(f_sel, ident, config, inputs)
@@ -649,43 +689,94 @@ def run_overlap(P: RunParams) -> StageSummary:
 
 
 # ----------------------------------------------------------------------------- stage 5
+#: English training files written by the fetcher (``python -m xalign.data fetch --only <step>``).
+TRANSFER_TRAIN_FILES = {"xtreme": ("udpos/en-ud-train.conllu", "udpos", "XTREME's English UD-POS train"),
+                        "mnli": ("xnli/train-en.tsv", "mnli", "MultiNLI 1.0 train")}
+
+
+def _train_file(root: Path, source: str, key: str) -> Path:
+    """The fetched English training file for ``transfer.<key>: <source>``; one line if absent."""
+    from .data import FETCH_COMMAND
+
+    rel, step, what = TRANSFER_TRAIN_FILES[source]
+    f = root / rel
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: {what} not found (params transfer.{key}: {source}); "
+                                f"fetch it with `{FETCH_COMMAND} --only {step} --root {root}`")
+    return f
+
+
+def _pos_sets(P: RunParams, root: Path) -> tuple[tuple, str]:
+    """(train, dev, eval sets) for POS and their content hash. ``en`` = the source's test split."""
+    from . import data
+
+    tp, cap_tr, cap_ev = P.transfer, P.transfer.max_train_examples, P.transfer.max_eval_examples
+    src = tp.pos_source_treebank or P.data.treebanks.get("en")  # None: the en default (GUM)
+    if tp.pos_train == "xtreme":
+        sents = data.read_treebank({"train": _train_file(root, "xtreme", "pos_train")}, cap_tr, P.seed)
+        train = [([w.form for w in s.words], [w.upos for w in s.words]) for s in sents]
+    else:
+        train = data.read_pos_sentences(root, "en", split="train", treebank=src, max_sentences=cap_tr, seed=P.seed)
+    dev = data.read_pos_sentences(root, "en", split="dev", treebank=src, max_sentences=cap_ev, seed=P.seed)
+    langs = tp.pos_languages or ["en", *(l for l in P.data.languages if l != "en")]
+    evals = {l: data.read_pos_sentences(root, l, split="test", treebank=src if l == "en" else P.data.treebanks.get(l),
+                                        max_sentences=cap_ev, seed=P.seed) for l in langs}
+    sets = (train, dev, evals)
+    return sets, content_sha256(sets)
+
+
+def _xnli_sets(P: RunParams, root: Path) -> tuple[tuple, str]:
+    """(train, dev, eval sets) for XNLI and their content hash; MultiNLI is a streamed file."""
+    from . import data
+    from .transfer import XnliTsvStream, split_xnli_dev
+
+    tp, cap_tr, cap_ev = P.transfer, P.transfer.max_train_examples, P.transfer.max_eval_examples
+    evals = {l: data.read_xnli(root, "test", l, max_rows=cap_ev).reset_index(drop=True) for l in tp.xnli_languages}
+    if tp.xnli_train == "mnli":
+        f = _train_file(root, "mnli", "xnli_train")
+        dev = data.read_xnli(root, "dev", "en", max_rows=cap_ev)
+        stream = XnliTsvStream(f)
+        if cap_tr is not None and cap_tr < len(stream):
+            import random
+            stream.keep = sorted(random.Random(P.seed).sample(range(len(stream)), cap_tr))
+        sets = (stream, dev, evals)
+        return sets, content_sha256({"train": file_sha256(f), "rows": stream.keep, "dev": dev, "evals": evals})
+    # no MultiNLI: train on English XNLI dev minus a held-out part (premise-disjoint)
+    xtrain, xdev = split_xnli_dev(data.read_xnli(root, "dev", "en"), tp.xnli_dev_fraction, P.seed)
+    if cap_tr:
+        xtrain = xtrain.sample(frac=1.0, random_state=P.seed).iloc[:cap_tr]
+    sets = (xtrain.reset_index(drop=True), xdev.reset_index(drop=True), evals)
+    return sets, content_sha256(sets)
+
+
 def run_transfer(P: RunParams) -> StageSummary:
     """Stage 5: (Q)LoRA fine-tuning on English, zero-shot evaluation on every target language.
 
     The unit of work and of reuse is one (checkpoint, task), written to
     ``transfer/parts/<checkpoint>/<task>.parquet`` and reused while the checkpoint's
-    weights, the training/evaluation data and the transfer params are unchanged.
+    weights, the training/evaluation data and the transfer params are unchanged. While a
+    unit trains, ``<task>.resume.pt`` beside it holds the state of its last English-dev
+    evaluation; a rerun after a kill continues from there.
+
+    Raises:
+        FileNotFoundError: a training file the params name is absent (one line with the
+            fetch command), before any training.
     """
     from . import checkpoints as ck
-    from . import data
-    from .transfer import TransferConfig, finetune_pos, finetune_xnli, split_xnli_dev
+    from .transfer import ResumeFile, TransferConfig, finetune_pos, finetune_xnli
 
     st = _start(P, "transfer")
     s, run_dir, tp = st.s, st.run_dir, P.transfer
-    root = P.resolved_data_root()
-    cfg = TransferConfig.from_params(tp, seed=P.seed)
     if not tp.tasks:
         s.skipped.append("transfer.tasks is empty")
         return _finish(st)
-    cap_tr, cap_ev = tp.max_train_examples, tp.max_eval_examples
-    sets: dict[str, Any] = {}
+    root = P.resolved_data_root()
+    sets, data_sha = {}, {}
     if "pos" in tp.tasks:
-        src = tp.pos_source_treebank
-        train = data.read_pos_sentences(root, "en", split="train", treebank=src, max_sentences=cap_tr, seed=P.seed)
-        dev = data.read_pos_sentences(root, "en", split="dev", treebank=src, max_sentences=cap_ev, seed=P.seed)
-        langs = tp.pos_languages or [l for l in P.data.languages if l != "en"]
-        evals = {l: data.read_pos_sentences(root, l, split="test", treebank=P.data.treebanks.get(l),
-                                            max_sentences=cap_ev, seed=P.seed) for l in langs}
-        sets["pos"] = (train, dev, evals)
+        sets["pos"], data_sha["pos"] = _pos_sets(P, root)
     if "xnli" in tp.tasks:
-        # no MultiNLI in the bundle: train on English XNLI dev minus a held-out part (premise-disjoint)
-        xtrain, xdev = split_xnli_dev(data.read_xnli(root, "dev", "en"), tp.xnli_dev_fraction, P.seed)
-        if cap_tr:
-            xtrain = xtrain.sample(frac=1.0, random_state=P.seed).iloc[:cap_tr]
-        evals = {l: data.read_xnli(root, "test", l, max_rows=cap_ev) for l in tp.xnli_languages}
-        sets["xnli"] = (xtrain.reset_index(drop=True), xdev.reset_index(drop=True),
-                        {l: e.reset_index(drop=True) for l, e in evals.items()})
-    data_sha = {task: content_sha256(v) for task, v in sets.items()}
+        sets["xnli"], data_sha["xnli"] = _xnli_sets(P, root)
+    cfgs = {task: TransferConfig.from_params(tp, seed=P.seed, task=task) for task in sets}
     fns = {"pos": finetune_pos, "xnli": finetune_xnli}
     out, part_idents = [], {}
     for c in progress(_checkpoints(run_dir), desc="transfer", total=None):
@@ -703,7 +794,8 @@ def run_transfer(P: RunParams) -> StageSummary:
                 s.reused += 1
                 continue
             model_dir, tok_dir = ck.local_files(ck.checkpoint_from_row(c))  # hub: download on demand
-            df = fns[task](model_dir, *sets[task], cfg, revision=None, tokenizer_path=tok_dir)
+            resume = ResumeFile(dest.with_name(f"{task}.resume.pt"), ident)
+            df = fns[task](model_dir, *sets[task], cfgs[task], revision=None, tokenizer_path=tok_dir, resume=resume)
             df = df.assign(task=task)
             df.insert(0, "step", c["step"])
             df.insert(0, "checkpoint", c["name"])
@@ -752,6 +844,8 @@ def run_correlation(P: RunParams) -> StageSummary:
                 pairs, transfer = read_table(f_pairs), read_table(f_tr)
                 pairs = pairs[pairs.layer.isin(P.extraction.layers)]  # the sweep exists on one checkpoint only
                 pairs = pairs[pairs.checkpoint.isin(ckpt_names)]
+                # and so do probe.sweep_attributes (last checkpoint); their pairs change with both lists
+                pairs = pairs[pairs.attribute.isin(P.probe.attributes)]
             table = correlation_table(pairs, transfer, recipe=recipe)
             write_table(table, f_table, csv=True)
             with atomic_path(f_md) as tmp:
@@ -767,6 +861,9 @@ def run_correlation(P: RunParams) -> StageSummary:
 def run_figures(P: RunParams) -> StageSummary:
     """Stage 7: Figures 1-5 and the Appendix B.1 heatmaps, PNG and PDF, in ``figures/<run>/``.
 
+    Figures 1, 3 and 4 (and Table 1, stage 6) use ``probe.attributes`` at
+    ``extraction.layers``; Figure 2 and the heatmaps (last checkpoint, at
+    ``extraction.layers``) draw every attribute probed there, ``probe.sweep_attributes`` too.
     The list of files written goes to ``<run_dir>/figures.json``; all are reused while the
     overlap and transfer tables, the layers and the figure params are unchanged.
     """
@@ -798,7 +895,9 @@ def run_figures(P: RunParams) -> StageSummary:
     last = ckpts[-1]["name"]
     fmt = tuple(P.figures.formats)
     main_layers = [l for l in P.extraction.layers if l in set(pairs.layer)]
-    series = avg[avg.layer.isin(main_layers)]
+    # Figures 1, 3, 4 (the series): probe.attributes at extraction.layers; Figure 2 and the
+    # heatmaps (last checkpoint): every attribute probed there, probe.sweep_attributes too
+    series = avg[avg.layer.isin(main_layers) & avg.attribute.isin(P.probe.attributes)]
     # figures against training step need a series: at least two checkpoints with a step
     series_ok = series.step.dropna().nunique() >= 2
     figs: dict[str, Any] = {"fig2_overlap_vs_layer": plots.fig_overlap_vs_layer(avg, last)}
@@ -811,14 +910,16 @@ def run_figures(P: RunParams) -> StageSummary:
         if series_ok:
             figs["fig3_overlap_transfer_vs_step"] = plots.fig_overlap_transfer_vs_step(series, transfer, layer)
             figs["fig5_transfer_vs_step"] = plots.fig_transfer_vs_step(transfer)
-        at_layer = pairs[pairs.layer == layer]
+        at_layer = pairs[(pairs.layer == layer) & pairs.attribute.isin(P.probe.attributes)]
         with_source = at_layer[(at_layer.lang_a == "en") | (at_layer.lang_b == "en")]
         for attr in sorted(set(with_source.attribute)):
             figs[f"fig4_pairwise_scatter_{attr}_L{layer}"] = plots.fig_pairwise_scatter(
                 at_layer, transfer, layer, attr)
-    for attr in sorted(set(pairs.attribute)):
+    at_last = pairs[pairs.checkpoint == last]
+    for attr in sorted(set(at_last.attribute)):
         for l in main_layers:
-            figs[f"heatmap_{attr}_L{l}_{last}"] = plots.fig_overlap_heatmap(pairs, last, l, attr)
+            if ((at_last.attribute == attr) & (at_last.layer == l)).any():
+                figs[f"heatmap_{attr}_L{l}_{last}"] = plots.fig_overlap_heatmap(pairs, last, l, attr)
     written = []
     for name, fig in figs.items():
         for p in plots.save(fig, out, name, formats=fmt, dpi=P.figures.dpi):

@@ -10,15 +10,23 @@ QLoRA (Dettmers et al. 2023: nf4 weights, double quantisation, ``prepare_model_f
 * the adapters sit on ``TransferConfig.target_modules`` (BLOOM: ``query_key_value``) and
   the classification head (BLOOM: ``classifier`` for tokens, ``score`` for sequences) is
   trained in full through peft's ``modules_to_save``; the head is never quantised;
-* model selection on English dev: after every epoch the English dev score is computed
-  and the adapter + head weights of the best epoch are restored before the targets are
-  evaluated;
-* a plain seeded torch loop (AdamW, linear decay, gradient clipping at 1.0); the global
-  torch RNG is forked, so calling these functions leaves it as it was.
+* model selection on English dev, scored every ``eval_every`` optimiser steps (or per
+  epoch); the adapter + head weights of the best evaluation are restored before the targets
+  are evaluated (the paper: every 100 steps for POS, 500 for XNLI);
+* a plain seeded torch loop: AdamW (weight decay 0), linear decay to 0 without warm-up,
+  gradient clipping at 1.0, ``grad_accum`` micro-batches per optimiser step (the Hugging
+  Face Trainer's defaults, which the paper used; batch 8 x 4); the global torch RNG is
+  forked, so calling these functions leaves it as it was;
+* a :class:`ResumeFile` saves the training state at every evaluation, so a killed run
+  (an XNLI fine-tuning on MultiNLI is hours on a GPU) continues where it was;
+* POS is scored with word accuracy, seqeval's span F1 (what XTREME and the paper report)
+  and macro F1 (:func:`pos_scores`).
 
-The data bundle has no English XNLI train split (MultiNLI), so the caller trains on the
-English XNLI *dev* set minus a seeded held-out fraction (:func:`split_xnli_dev`) used for
-model selection.
+English training data: XNLI is trained on MultiNLI train (``xnli/train-en.tsv``, 392k
+pairs, streamed by :class:`XnliTsvStream`), or, when a data root has no MultiNLI (the
+bundle), on English XNLI dev minus a seeded held-out fraction (:func:`split_xnli_dev`) used
+for model selection; POS on XTREME's English UD-POS train (``udpos/en-ud-train.conllu``) or
+the English treebank's train split. The stage (:func:`xalign.runs.run_transfer`) chooses.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ POS_LABELS: list[str] = [
 #: XNLI labels (Conneau et al. 2018), in the order of the classifier's outputs.
 XNLI_LABELS: list[str] = ["entailment", "neutral", "contradiction"]
 
+#: QLoRA compute dtypes (TransferConfig.compute_dtype).
+_COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
 #: Language key of the English dev rows in the returned tables.
 DEV_LANGUAGE = "en-dev"
 #: Names peft itself treats as classification heads (``PeftModelFor*Classification``).
@@ -62,12 +72,23 @@ class TransferConfig:
     Attributes:
         qlora: load the base model in 4-bit nf4 with double quantisation (bitsandbytes)
             and prepare it with ``peft.prepare_model_for_kbit_training``.
+        compute_dtype: QLoRA's ``bnb_4bit_compute_dtype``: ``"bfloat16"`` (the paper),
+            ``"float32"``, or ``"auto"`` (bf16 on CUDA, float32 on CPU, where bf16 matmuls
+            are slow without AMX). Ignored without ``qlora``.
         lora_r, lora_alpha, lora_dropout: LoRA rank r, scale alpha (update = alpha/r * B A)
             and dropout on the adapter input.
         target_modules: module names that get adapters (BLOOM: ``query_key_value``).
-        epochs: training epochs over the English train set; the best by English dev is kept.
-        lr: peak AdamW learning rate (linear decay to 0, no warm-up).
-        batch_size: training batch size (examples); evaluation uses ``eval_batch_size``.
+        epochs: passes over the English train set.
+        lr: peak AdamW learning rate (linear decay to 0 over all optimiser steps, no warm-up,
+            weight decay 0, gradients clipped at norm 1.0: the Hugging Face Trainer defaults).
+        batch_size: examples per micro-batch; one optimiser step every ``grad_accum``
+            micro-batches (effective batch ``batch_size * grad_accum``; the paper: 8 x 4).
+            The loss of each micro-batch is divided by ``grad_accum``; the last group of
+            an epoch may be shorter.
+        grad_accum: gradient accumulation steps (>= 1).
+        eval_every: English dev is scored every ``eval_every`` optimiser steps and after
+            the last one (the paper: 100 for POS, 500 for XNLI); None scores after every
+            epoch. The best-scoring parameters (ties keep the earlier) are restored.
         max_length: maximum tokens per example, special tokens included.
         seed: seeds the head initialisation, LoRA init, dropout and shuffling.
         eval_batch_size: batch size for dev and target evaluation (on CPU small batches
@@ -77,6 +98,7 @@ class TransferConfig:
     """
 
     qlora: bool = False
+    compute_dtype: str = "auto"
     lora_r: int = 8
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -84,6 +106,8 @@ class TransferConfig:
     epochs: int = 2
     lr: float = 1e-3
     batch_size: int = 16
+    grad_accum: int = 1
+    eval_every: int | None = None
     max_length: int = 128
     seed: int = 0
     eval_batch_size: int = 16
@@ -93,7 +117,7 @@ class TransferConfig:
         if isinstance(self.target_modules, str) or not self.target_modules:
             raise ValueError("TransferConfig.target_modules: must be a non-empty tuple of module names")
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        for name in ("lora_r", "lora_alpha", "epochs", "batch_size", "eval_batch_size"):
+        for name in ("lora_r", "lora_alpha", "epochs", "batch_size", "eval_batch_size", "grad_accum"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TransferConfig.{name}: must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.lora_dropout < 1:
@@ -102,12 +126,29 @@ class TransferConfig:
             raise ValueError(f"TransferConfig.lr: must be > 0, got {self.lr}")
         if self.max_length < 4:
             raise ValueError(f"TransferConfig.max_length: must be >= 4, got {self.max_length}")
+        if self.eval_every is not None and int(self.eval_every) < 1:
+            raise ValueError(f"TransferConfig.eval_every: must be >= 1 or None, got {self.eval_every}")
+        if self.compute_dtype not in _COMPUTE_DTYPES:
+            raise ValueError(f"TransferConfig.compute_dtype: must be one of {_COMPUTE_DTYPES}, "
+                             f"got {self.compute_dtype!r}")
 
     @classmethod
-    def from_params(cls, params: "TransferParams", seed: int = 0) -> "TransferConfig":
-        """Build from the run's ``transfer`` params section (fields with the same names)."""
+    def from_params(cls, params: "TransferParams", seed: int = 0, task: str | None = None) -> "TransferConfig":
+        """Build from the run's ``transfer`` params section (fields with the same names).
+
+        ``epochs`` and ``eval_every`` may be given per task in params (``{pos: 10, xnli: 5}``);
+        ``task`` picks the value (required then).
+
+        Raises:
+            ValueError: a per-task value without ``task``, or without an entry for it.
+        """
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in params.model_dump().items() if k in names}
+        for name in ("epochs", "eval_every"):
+            if isinstance(kw.get(name), dict):
+                if task not in kw[name]:
+                    raise ValueError(f"transfer.{name}: no value for task {task!r} in {kw[name]}")
+                kw[name] = kw[name][task]
         kw["target_modules"] = tuple(kw.get("target_modules", cls.target_modules))
         return cls(seed=seed, **kw)
 
@@ -118,7 +159,7 @@ class TransferConfig:
 def split_xnli_dev(df: pd.DataFrame, dev_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seeded split of English XNLI dev into (train, held-out dev for model selection).
 
-    The bundle has no MultiNLI train split, so the paper's English training set is replaced
+    For data roots without MultiNLI train (the bundle), the paper's English training set is replaced
     by XNLI dev minus ``round(dev_fraction * len(df))`` held-out rows (at least 1 each side).
     Rows sharing a premise are kept on one side so the held-out score is not inflated.
 
@@ -159,33 +200,39 @@ def _check_xnli_frame(df: pd.DataFrame, where: str) -> None:
 # ---------------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------------
-def pos_f1(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
-    """Word-level POS F1 scores.
+def pos_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
+    """POS tagging scores of one evaluation set.
 
-    ``f1`` is micro F1 over words; since every word has exactly one gold and one predicted
-    tag, micro precision = micro recall = accuracy. ``macro_f1`` is the unweighted mean over
-    the tags present in ``gold`` of per-tag F1 = 2 TP / (2 TP + FP + FN); predicted tags absent
-    from gold only lower the precision of no averaged tag, but count as errors in ``f1``.
+    * ``accuracy``: the fraction of words whose predicted UPOS equals the gold tag (every
+      word has exactly one gold and one predicted tag, so this is also micro F1 over words).
+    * ``f1``: ``seqeval.metrics.f1_score(gold, pred)``, the score XTREME reports for UD-POS
+      (Hu et al. 2020, ``third_party/run_tag.py``), which the paper follows. seqeval reads
+      tags as IOB chunks: the first letter of a UPOS tag is taken as its chunk prefix and
+      the rest as the type (``NOUN`` -> ``N`` + ``OUN``), and a run of equal tags is one
+      span, so it is a span F1 over runs of tags, lower than accuracy when runs are long.
+    * ``macro_f1``: the unweighted mean over the tags present in ``gold`` of per-tag
+      F1 = 2 TP / (2 TP + FP + FN).
 
     Args:
         gold, pred: one list of tags per sentence, same shapes.
 
     Returns:
-        ``{"f1": float, "macro_f1": float}``, both in [0, 1].
+        ``{"accuracy", "f1", "macro_f1"}``, each in [0, 1].
 
     Raises:
         ValueError: different numbers of sentences or of words in a sentence, or no words.
     """
+    from seqeval.metrics import f1_score
+
     if len(gold) != len(pred):
-        raise ValueError(f"pos_f1: {len(gold)} gold sentences but {len(pred)} predicted")
+        raise ValueError(f"pos_scores: {len(gold)} gold sentences but {len(pred)} predicted")
     for i, (g, p) in enumerate(zip(gold, pred)):
         if len(g) != len(p):
-            raise ValueError(f"pos_f1: sentence {i} has {len(g)} gold tags but {len(p)} predicted")
+            raise ValueError(f"pos_scores: sentence {i} has {len(g)} gold tags but {len(p)} predicted")
     g = np.asarray([t for s in gold for t in s], dtype=object)
     p = np.asarray([t for s in pred for t in s], dtype=object)
     if g.size == 0:
-        raise ValueError("pos_f1: no words to score")
-    hit = g == p
+        raise ValueError("pos_scores: no words to score")
     per_tag = []
     for tag in sorted(set(g.tolist())):
         is_g, is_p = g == tag, p == tag
@@ -193,7 +240,14 @@ def pos_f1(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
         fp = int(np.sum(is_p & ~is_g))
         fn = int(np.sum(is_g & ~is_p))
         per_tag.append(2 * tp / (2 * tp + fp + fn))
-    return {"f1": float(hit.mean()), "macro_f1": float(np.mean(per_tag))}
+    with warnings.catch_warnings():  # "NOUN seems not to be NE tag", once per tag
+        warnings.simplefilter("ignore", UserWarning)
+        span_f1 = float(f1_score([list(s) for s in gold], [list(s) for s in pred]))
+    return {"accuracy": float((g == p).mean()), "f1": span_f1, "macro_f1": float(np.mean(per_tag))}
+
+
+#: Metrics of a POS evaluation (:func:`pos_scores`), in the order of the result rows.
+POS_METRICS: tuple[str, ...] = ("accuracy", "f1", "macro_f1")
 
 
 def _accuracy(gold: Sequence[int], pred: Sequence[int]) -> float:
@@ -349,7 +403,8 @@ def _load(model_path: str, task: str, labels: list[str], config: TransferConfig,
                         label2id={t: i for i, t in enumerate(labels)}, pad_token_id=tok.pad_token_id,
                         revision=revision, dtype=torch.float32)
         if config.qlora:
-            compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+            compute = {"bfloat16": torch.bfloat16, "float32": torch.float32}.get(
+                config.compute_dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
             kw["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=list(_HEAD_NAMES))
@@ -435,55 +490,248 @@ def _predict(model, enc: _Encoded, token_level: bool, pad_id: int, device, batch
     return out
 
 
-def _length_bucketed_batches(enc: _Encoded, keep: list[int], batch_size: int, gen: torch.Generator,
+def _length_bucketed_batches(sizes: Sequence[int], keep: list[int], batch_size: int, gen: torch.Generator,
                              bucket_batches: int = 32) -> list[list[int]]:
-    """Seeded shuffle, then sort within buckets of ``bucket_batches`` batches by length (less padding)."""
+    """Seeded shuffle, then sort within buckets of ``bucket_batches`` batches by ``sizes`` (less padding)."""
     perm = [keep[j] for j in torch.randperm(len(keep), generator=gen).tolist()]
     size = batch_size * bucket_batches
     batches = []
     for s in range(0, len(perm), size):
-        bucket = sorted(perm[s:s + size], key=lambda i: len(enc.input_ids[i]))
+        bucket = sorted(perm[s:s + size], key=lambda i: sizes[i])
         batches += [bucket[k:k + batch_size] for k in range(0, len(bucket), batch_size)]
     order = torch.randperm(len(batches), generator=gen).tolist()
     return [batches[j] for j in order]
 
 
-def _train(model, train: _Encoded, dev_eval, config: TransferConfig, token_level: bool, pad_id: int,
-           device, task: str) -> tuple[int, object]:
-    """Seeded AdamW loop; after each epoch scores English dev and keeps the best epoch's weights.
+class _EncodedTrain:
+    """A training set held in memory as token ids (:class:`_Encoded`)."""
 
-    ``dev_eval()`` returns ``(selection score, dev result)``; ties keep the earlier epoch.
-    Returns (best epoch, 1-based; its dev result). The model is left with the best weights.
+    def __init__(self, enc: _Encoded, token_level: bool, sizes: Sequence[int] | None = None) -> None:
+        self.enc, self.token_level = enc, token_level
+        self.sizes = [len(x) for x in enc.input_ids] if sizes is None else list(sizes)
+        self.keep = [i for i in range(len(enc.input_ids))
+                     if not token_level or any(lab != -100 for lab in enc.labels[i])]
+
+    def batch(self, idx: Sequence[int], pad_id: int, device) -> dict[str, torch.Tensor]:
+        return _collate(self.enc, idx, pad_id, self.token_level, device)
+
+
+class XnliTsvStream:
+    """English NLI training pairs read from a TSV file batch by batch (MultiNLI: 392k pairs).
+
+    One pass over the file records each row's byte offset, byte length (the bucketing size)
+    and label; a batch seeks to its rows and tokenises only them, so no tokenised copy of the
+    file is held (memory ~17 bytes a row). Same encoding as in-memory XNLI tables.
+
+    Args:
+        path: ``premise<TAB>hypothesis<TAB>label`` TSV with that header (``xnli/train-en.tsv``).
+        rows: optional row numbers (0-based, after the header) to train on; default all.
+
+    Raises:
+        ValueError: wrong header, a row without 3 fields, or an unknown label (file and line named).
     """
-    keep = [i for i in range(len(train.input_ids))
-            if (any(l != -100 for l in train.labels[i]) if token_level else True)]
-    if not keep:
+
+    def __init__(self, path: str | Path, rows: Sequence[int] | None = None) -> None:
+        self.path = Path(path)
+        label2id = {t.encode(): i for i, t in enumerate(XNLI_LABELS)}
+        offsets, sizes, labels = [], [], []
+        with open(self.path, "rb") as f:
+            head = f.readline()
+            if head.rstrip(b"\r\n") != b"premise\thypothesis\tlabel":
+                raise ValueError(f"{self.path}: header must be premise<TAB>hypothesis<TAB>label, got {head[:60]!r}")
+            pos, lineno = len(head), 1
+            for line in f:
+                lineno += 1
+                parts = line.rstrip(b"\r\n").split(b"\t")
+                if len(parts) != 3 or parts[2] not in label2id:
+                    what = "fewer or more than 3 tab-separated fields" if len(parts) != 3 else \
+                        f"label {parts[2].decode(errors='replace')!r} not in {XNLI_LABELS}"
+                    raise ValueError(f"{self.path}: line {lineno}: {what}")
+                offsets.append(pos)
+                sizes.append(len(line))
+                labels.append(label2id[parts[2]])
+                pos += len(line)
+        if not offsets:
+            raise ValueError(f"{self.path}: no NLI rows")
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.sizes = np.asarray(sizes, dtype=np.int32)
+        self.labels = np.asarray(labels, dtype=np.int8)
+        self.keep = list(range(len(offsets))) if rows is None else [int(r) for r in rows]
+        if self.keep and not 0 <= min(self.keep) <= max(self.keep) < len(offsets):
+            raise ValueError(f"{self.path}: rows must be in [0, {len(offsets)}), got {min(self.keep)}..{max(self.keep)}")
+        self.tok, self.max_length = None, None
+
+    def bind(self, tok, max_length: int) -> "XnliTsvStream":
+        """Set the tokenizer and length budget that batches are encoded with."""
+        self.tok, self.max_length = tok, max_length
+        return self
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def read(self, idx: Sequence[int]) -> pd.DataFrame:
+        """Rows ``idx`` as a premise/hypothesis/label table."""
+        out = []
+        with open(self.path, "rb") as f:
+            for i in idx:
+                f.seek(int(self.offsets[i]))
+                out.append(f.readline().decode("utf-8").rstrip("\r\n").split("\t"))
+        return pd.DataFrame(out, columns=["premise", "hypothesis", "label"])
+
+    def batch(self, idx: Sequence[int], pad_id: int, device) -> dict[str, torch.Tensor]:
+        enc = _encode_xnli(self.tok, self.read(idx), self.max_length, f"xnli train {self.path.name}")
+        return _collate(enc, list(range(len(idx))), pad_id, False, device)
+
+
+@dataclass
+class _Progress:
+    """Where training stands; saved at every evaluation so a killed run resumes there."""
+
+    epoch: int = 1
+    group: int = 0  # optimiser steps done in this epoch
+    step: int = 0  # optimiser steps done in all
+    epoch_gen_state: torch.Tensor | None = None
+    best_score: float = -math.inf
+    best_step: int = 0
+    best_epoch: int = 0
+    best_state: dict | None = None
+    best_result: object = None
+    history: list = None  # (step, epoch, score) per evaluation
+
+    def __post_init__(self) -> None:
+        self.history = [] if self.history is None else self.history
+
+
+class ResumeFile:
+    """Training state saved at each English-dev evaluation, for :func:`finetune_pos`/``_xnli``.
+
+    The file (``torch.save``, written atomically) holds the trainable weights, AdamW and
+    schedule state, the torch RNG states, the shuffling generator at the epoch's start, the
+    position and the best weights so far, and ``key``. A later run with the same ``key``
+    (the caller's fingerprint of model, data and config) continues after the last
+    evaluation and gives the same result as an uninterrupted run (same device and threads);
+    a file with another key, or unreadable, is ignored. Deleted when training completes.
+    """
+
+    def __init__(self, path: str | Path, key: str) -> None:
+        self.path, self.key = Path(path), key
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - a corrupt or foreign file is not resumed from
+            return None
+        return state if isinstance(state, dict) and state.get("key") == self.key else None
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save({**state, "key": self.key}, tmp)
+        tmp.replace(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _rng_states() -> dict:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["cpu"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+def _train(model, train, dev_eval, config: TransferConfig, pad_id: int, device, task: str,
+           resume: ResumeFile | None = None) -> _Progress:
+    """Seeded AdamW loop with gradient accumulation and English-dev model selection.
+
+    ``train`` is an :class:`_EncodedTrain` or :class:`XnliTsvStream`; ``dev_eval()`` returns
+    ``(selection score, dev result)``. Dev is scored every ``config.eval_every`` optimiser
+    steps and after the last (per epoch when None); the best parameters (ties keep the
+    earlier) are restored at the end. With ``resume``, the state is saved at every
+    evaluation and a matching saved state is continued from.
+
+    Returns:
+        The final :class:`_Progress` (best step, epoch, result; evaluation history).
+
+    Raises:
+        ValueError: no training example fits in ``max_length``.
+        FloatingPointError: a non-finite training loss.
+    """
+    if not train.keep:
         raise ValueError(f"{task}: no English training example fits in max_length={config.max_length}")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(keep) / config.batch_size)
-    total = steps_per_epoch * config.epochs
+    n_groups = math.ceil(math.ceil(len(train.keep) / config.batch_size) / config.grad_accum)
+    total = n_groups * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
     gen = torch.Generator().manual_seed(config.seed)
-    best_epoch, best_score, best_state, best_result = 0, -math.inf, None, None
-    for epoch in range(1, config.epochs + 1):
+    pr = _resume_into(resume, model, opt, sched) if resume else None
+    pr = pr or _Progress()
+    while pr.epoch <= config.epochs:
+        if pr.group == 0:
+            pr.epoch_gen_state = gen.get_state()
+        gen.set_state(pr.epoch_gen_state)
+        batches = _length_bucketed_batches(train.sizes, train.keep, config.batch_size, gen)
+        groups = [batches[g:g + config.grad_accum] for g in range(0, len(batches), config.grad_accum)]
         model.train()
-        batches = _length_bucketed_batches(train, keep, config.batch_size, gen)
-        for idx in progress(batches, desc=f"{task} train epoch {epoch}/{config.epochs}", total=len(batches)):
-            b = _collate(train, idx, pad_id, token_level, device)
-            loss = model(**b).loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{task}: non-finite training loss at epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-        score, result = dev_eval()
-        if score > best_score:
-            best_epoch, best_score, best_state, best_result = epoch, score, _trainable_state(model), result
-    _restore(model, best_state)
-    return best_epoch, best_result
+        bar = progress(groups[pr.group:], desc=f"{task} train epoch {pr.epoch}/{config.epochs}",
+                       total=len(groups) - pr.group)
+        for group in bar:
+            _optimizer_step(model, train, group, opt, sched, params, config, pad_id, device, task, pr.epoch)
+            pr.group, pr.step = pr.group + 1, pr.step + 1
+            due = pr.group == len(groups) if config.eval_every is None else pr.step % config.eval_every == 0
+            if due or pr.step == total:
+                _evaluate(model, dev_eval, pr)
+                if resume:
+                    resume.save(_snapshot(model, opt, sched, pr))
+        pr.epoch, pr.group = pr.epoch + 1, 0
+    _restore(model, pr.best_state)
+    return pr
+
+
+def _optimizer_step(model, train, group, opt, sched, params, config, pad_id, device, task, epoch) -> None:
+    """One optimiser step over ``group`` (a list of micro-batches): sum of losses / grad_accum."""
+    opt.zero_grad(set_to_none=True)
+    for idx in group:
+        loss = model(**train.batch(idx, pad_id, device)).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{task}: non-finite training loss at epoch {epoch}")
+        (loss / config.grad_accum).backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
+def _evaluate(model, dev_eval, pr: _Progress) -> None:
+    score, result = dev_eval()
+    model.train()
+    pr.history.append((pr.step, pr.epoch, float(score)))
+    if score > pr.best_score:
+        pr.best_score, pr.best_step, pr.best_epoch = float(score), pr.step, pr.epoch
+        pr.best_state, pr.best_result = _trainable_state(model), result
+
+
+def _snapshot(model, opt, sched, pr: _Progress) -> dict:
+    return {"trainable": _trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "rng": _rng_states(), "progress": dict(vars(pr))}
+
+
+def _resume_into(resume: ResumeFile, model, opt, sched) -> _Progress | None:
+    """Load a matching saved state into model/optimizer/schedule/RNG; None when there is none."""
+    state = resume.load()
+    if state is None:
+        return None
+    _restore(model, state["trainable"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    _set_rng_states(state["rng"])
+    return _Progress(**state["progress"])
 
 
 def _check_eval_sets(eval_sets: dict, task: str) -> None:
@@ -501,7 +749,8 @@ def _check_eval_sets(eval_sets: dict, task: str) -> None:
 # ---------------------------------------------------------------------------------------
 def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentence],
                  eval_sets: dict[str, list[PosSentence]], config: TransferConfig, *,
-                 revision: str | None = None, tokenizer_path: str | None = None) -> pd.DataFrame:
+                 revision: str | None = None, tokenizer_path: str | None = None,
+                 resume: ResumeFile | None = None) -> pd.DataFrame:
     """(Q)LoRA-fine-tune a checkpoint for UPOS tagging on English, evaluate zero-shot per treebank.
 
     Paper: Wang et al. (2024), zero-shot POS transfer (train on English UD, F1 on each
@@ -511,18 +760,23 @@ def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentenc
 
     Args:
         model_path: local folder or hub id of a causal-LM checkpoint (e.g. BLOOM).
-        train, dev: English sentences as ``(word forms, UPOS tags)``; dev picks the epoch.
-        eval_sets: target language (or treebank) -> sentences.
+        train, dev: English sentences as ``(word forms, UPOS tags)``; dev (seqeval F1)
+            picks the parameters kept.
+        eval_sets: language (or treebank) -> sentences; include English test ("en") for
+            the source language's own score (the paper's Table 1 averages it in).
         config: :class:`TransferConfig`.
         revision: checkpoint revision (hub branch/tag); also used for the tokenizer when
             ``tokenizer_path`` is None.
         tokenizer_path: tokenizer folder/id if not the model's.
+        resume: save the training state at each evaluation there, and continue from it.
 
     Returns:
-        DataFrame with one row per (language, metric in {"f1", "macro_f1"}) and columns
-        ``task`` ("pos"), ``language`` (``"en-dev"`` for the English dev scores at the chosen
-        epoch), ``metric``, ``value`` in [0, 1], ``n`` (sentences evaluated), ``n_words``
-        (words scored), ``n_words_cut`` (words beyond max_length), ``best_epoch`` (1-based).
+        DataFrame with one row per (language, metric in :data:`POS_METRICS`: "accuracy",
+        "f1" (seqeval), "macro_f1") and columns ``task`` ("pos"), ``language`` (``"en-dev"``
+        for the English dev scores of the kept parameters), ``metric``, ``value`` in [0, 1],
+        ``n`` (sentences evaluated), ``n_words`` (words scored), ``n_words_cut`` (words beyond
+        max_length), ``best_epoch`` (1-based), ``best_step`` (optimiser step of the kept
+        parameters), ``n_steps``, ``n_evals`` (English-dev evaluations).
 
     Raises:
         ValueError: empty train/dev or an empty eval set (named; raised before training),
@@ -547,58 +801,68 @@ def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentenc
             pred = [[POS_LABELS[i] for i in p] for p, g in zip(pred_ids, enc.gold_tags) if g]
             if not gold:
                 raise ValueError(f"pos: {desc}: no word fits in max_length={L}")
-            return pos_f1(gold, pred), len(gold)
+            return pos_scores(gold, pred), len(gold)
 
         def dev_eval() -> tuple[float, tuple[dict[str, float], int]]:
             res = score(dv, "pos en-dev")
             return res[0]["f1"], res
 
-        best_epoch, dev_res = _train(model, tr, dev_eval, config, True, pad, device, "pos")
+        pr = _train(model, _EncodedTrain(tr, True), dev_eval, config, pad, device, "pos", resume)
         rows = []
         for lang, enc in [(DEV_LANGUAGE, dv), *evs.items()]:
-            m, n = dev_res if lang == DEV_LANGUAGE else score(enc, f"pos eval {lang}")
+            m, n = pr.best_result if lang == DEV_LANGUAGE else score(enc, f"pos eval {lang}")
             n_words = sum(len(g) for g in enc.gold_tags)
-            for metric in ("f1", "macro_f1"):
+            for metric in POS_METRICS:
                 rows.append(dict(task="pos", language=lang, metric=metric, value=m[metric], n=n,
-                                 n_words=n_words, n_words_cut=enc.n_cut, best_epoch=best_epoch))
+                                 n_words=n_words, n_words_cut=enc.n_cut, **_selection_columns(pr)))
+    if resume:
+        resume.remove()
     return pd.DataFrame(rows)
 
 
-def finetune_xnli(model_path: str, train: pd.DataFrame, dev: pd.DataFrame, eval_sets: dict[str, pd.DataFrame],
-                  config: TransferConfig, *, revision: str | None = None,
-                  tokenizer_path: str | None = None) -> pd.DataFrame:
+def finetune_xnli(model_path: str, train: "pd.DataFrame | XnliTsvStream", dev: pd.DataFrame,
+                  eval_sets: dict[str, pd.DataFrame], config: TransferConfig, *, revision: str | None = None,
+                  tokenizer_path: str | None = None, resume: ResumeFile | None = None) -> pd.DataFrame:
     """(Q)LoRA-fine-tune a checkpoint for XNLI on English, evaluate zero-shot accuracy per language.
 
     Paper: Wang et al. (2024), zero-shot XNLI transfer. Input is ``premise <eos> hypothesis``
     (longest-first truncation to ``config.max_length``); the sequence-classification head
-    reads the last non-pad token. Train/dev come from :func:`split_xnli_dev` of English XNLI
-    dev (the bundle has no MultiNLI).
+    reads the last non-pad token.
 
     Args:
-        model_path, revision, tokenizer_path: as in :func:`finetune_pos`.
-        train, dev: English tables with columns premise, hypothesis, label (a string of
-            :data:`XNLI_LABELS`); dev picks the epoch.
+        model_path, revision, tokenizer_path, resume: as in :func:`finetune_pos`.
+        train: English training pairs: a table, or an :class:`XnliTsvStream` over MultiNLI
+            (read batch by batch).
+        dev: English table with columns premise, hypothesis, label (a string of
+            :data:`XNLI_LABELS`); its accuracy picks the parameters kept.
         eval_sets: language -> table of the same shape (XNLI test).
         config: :class:`TransferConfig`.
 
     Returns:
         DataFrame with one row per language (``"en-dev"`` first) and columns ``task``
         ("xnli"), ``language``, ``metric`` ("accuracy"), ``value`` in [0, 1], ``n`` (pairs),
-        ``n_truncated`` (pairs cut to max_length), ``best_epoch`` (1-based).
+        ``n_truncated`` (pairs cut to max_length), ``best_epoch``, ``best_step``, ``n_steps``,
+        ``n_evals`` (as in :func:`finetune_pos`).
 
     Raises:
         ValueError: empty train/dev or an empty eval set (named; raised before training),
             missing columns or unknown labels, or a model without a ``score``/``classifier`` head.
     """
     _check_eval_sets(eval_sets, "xnli")
-    for name, df in [("English train", train), ("English dev", dev), *((f"eval {k}", v) for k, v in eval_sets.items())]:
+    named = [("English dev", dev), *((f"eval {k}", v) for k, v in eval_sets.items())]
+    if not isinstance(train, XnliTsvStream):
+        named.insert(0, ("English train", train))
+    elif not len(train):
+        raise ValueError(f"xnli: English train set {train.path} has no rows selected")
+    for name, df in named:
         if df is None or len(df) == 0:
             raise ValueError(f"xnli: {name} set is empty")
         _check_xnli_frame(df, f"xnli {name}")
     with _seeded(config):
         model, tok, device = _load(model_path, "xnli", XNLI_LABELS, config, revision, tokenizer_path)
         L = config.max_length
-        tr = _encode_xnli(tok, train, L, "xnli train")
+        tr = train.bind(tok, L) if isinstance(train, XnliTsvStream) else \
+            _EncodedTrain(_encode_xnli(tok, train, L, "xnli train"), False, _tsv_line_bytes(train))
         dv = _encode_xnli(tok, dev, L, "xnli dev")
         evs = {lang: _encode_xnli(tok, df, L, f"xnli eval {lang}") for lang, df in eval_sets.items()}
         pad = tok.pad_token_id
@@ -610,12 +874,26 @@ def finetune_xnli(model_path: str, train: pd.DataFrame, dev: pd.DataFrame, eval_
             acc = score(dv, "xnli en-dev")
             return acc, acc
 
-        best_epoch, dev_acc = _train(model, tr, dev_eval, config, False, pad, device, "xnli")
+        pr = _train(model, tr, dev_eval, config, pad, device, "xnli", resume)
         rows = [dict(task="xnli", language=lang, metric="accuracy",
-                     value=dev_acc if lang == DEV_LANGUAGE else score(enc, f"xnli eval {lang}"),
-                     n=len(enc.labels), n_truncated=enc.n_cut, best_epoch=best_epoch)
+                     value=pr.best_result if lang == DEV_LANGUAGE else score(enc, f"xnli eval {lang}"),
+                     n=len(enc.labels), n_truncated=enc.n_cut, **_selection_columns(pr))
                 for lang, enc in [(DEV_LANGUAGE, dv), *evs.items()]]
+    if resume:
+        resume.remove()
     return pd.DataFrame(rows)
+
+
+def _tsv_line_bytes(df: pd.DataFrame) -> list[int]:
+    """Bytes of each row as a TSV line: the bucketing size :class:`XnliTsvStream` uses, so a
+    table and a file of the same rows train identically."""
+    return [len(f"{p}\t{h}\t{l}\n".encode("utf-8")) for p, h, l in
+            zip(df["premise"], df["hypothesis"], df["label"])]
+
+
+def _selection_columns(pr: _Progress) -> dict[str, int]:
+    """Result columns that say which parameters were kept: best epoch/step, steps, evaluations."""
+    return {"best_epoch": pr.best_epoch, "best_step": pr.best_step, "n_steps": pr.step, "n_evals": len(pr.history)}
 
 
 @contextlib.contextmanager
