@@ -66,3 +66,98 @@ def test_run_all_minimal(minimal_run: Path) -> None:
     for rel, e in m["artefacts"].items():
         assert (run / rel).exists() and len(e["identity"]) == 64 and len(e["sha256"]) == 64, rel
     assert m["artefacts"]["vectors/step-000040/es.safetensors"]["inputs"].keys() == {"weights", "words"}
+
+
+def _paper_data_root(bundle: Path, dest: Path, n_dev: int) -> Path:
+    """A data root for the paper's fine-tuning data: ``ud/``, ``text/`` and ``xnli/*.tsv`` link
+    into the bundle, and the two training files the fetcher would write are planted from bundle
+    rows (the bundle has neither): ``xnli/train-en.tsv`` from English XNLI dev rows after the
+    first ``n_dev`` (the ones model selection reads), ``udpos/en-ud-train.conllu`` from GUM train."""
+    (dest / "xnli").mkdir(parents=True)
+    (dest / "udpos").mkdir()
+    for sub in ("ud", "text"):
+        (dest / sub).symlink_to(bundle / sub)
+    for f in (bundle / "xnli").glob("*.tsv"):
+        (dest / "xnli" / f.name).symlink_to(f)
+    dev = (bundle / "xnli" / "dev-en.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (dest / "xnli" / "train-en.tsv").write_text("".join([dev[0], *dev[1 + n_dev:1 + n_dev + 400]]), encoding="utf-8")
+    gum = (bundle / "ud" / "UD_English-GUM" / "en_gum-ud-train.conllu").read_text(encoding="utf-8")
+    (dest / "udpos" / "en-ud-train.conllu").write_text("\n\n".join(gum.split("\n\n")[:300]) + "\n\n", encoding="utf-8")
+    return dest
+
+
+#: The paper's fine-tuning and the reference probe trainer, on the minimal run's small data:
+#: QLoRA (nf4, double quantisation), LoRA r 8 / alpha 32 / dropout 0.05, AdamW 2e-5, gradient
+#: accumulation, English dev scored every few optimiser steps with the best restored, XTREME /
+#: MultiNLI training files; raw vectors, minibatches of 256, reference entropy, last epoch.
+PAPER_MODE = {
+    "probe": {"standardize": False, "batch_size": 256, "max_epochs": 5000, "patience": 50,
+              "entropy_scale": "reference", "restore": "last"},
+    "transfer": {"qlora": True, "compute_dtype": "float32", "lora_r": 8, "lora_alpha": 32, "lora_dropout": 0.05,
+                 "lr": 2e-5, "epochs": {"pos": 2, "xnli": 1}, "batch_size": 8, "grad_accum": 2,
+                 "eval_every": {"pos": 2, "xnli": 2}, "pos_train": "xtreme", "xnli_train": "mnli",
+                 "pos_languages": ["en", "es", "fr"]},
+    "correlation": {"recipe": "paper"},
+}
+
+
+@pytest.mark.e2e
+def test_run_all_minimal_with_the_papers_fine_tuning_and_probe_settings(minimal_run: Path, data_root: Path,
+                                                                      tmp_path: Path) -> None:
+    """run_all.sh on params/minimal.yaml in paper mode, in a copy of the minimal run: stages
+    before probing are reused, probing and transfer run with the paper's settings."""
+    import json
+    import math
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from xalign.params import load_params
+
+    shutil.copytree(minimal_run / "runs", tmp_path / "runs")
+    cfg = yaml.safe_load((REPO / "params" / "minimal.yaml").read_text())
+    for section, values in PAPER_MODE.items():
+        cfg["params"].setdefault(section, {}).update(values)
+    n_ev = cfg["params"]["transfer"]["max_eval_examples"]
+    cfg["params"].update(runs_dir=str(tmp_path / "runs"), figures_dir=str(tmp_path / "figures"),
+                         data_root=str(_paper_data_root(data_root, tmp_path / "data", n_ev)))
+    pfile = tmp_path / "minimal.yaml"
+    pfile.write_text(yaml.safe_dump(cfg))
+    P = load_params(pfile)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(REPO / "run_all.sh"), str(pfile)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    run, ref = tmp_path / "runs" / "minimal", minimal_run / "runs" / "minimal"
+    m, m_ref = (json.loads((r / "manifest.json").read_text())["artefacts"] for r in (run, ref))
+
+    # data, checkpoints and vectors are the minimal run's; the probes are new, trained as the reference
+    for rel in ("data/labels.parquet", "checkpoints/step-000040", "vectors/step-000040/es.safetensors"):
+        assert m[rel]["identity"] == m_ref[rel]["identity"], rel
+    probes = [e for rel, e in m.items() if rel.startswith("probing/parts/")]
+    assert probes and all(e["identity"] != m_ref[rel]["identity"] for rel, e in m.items()
+                          if rel.startswith("probing/parts/") and rel in m_ref)
+    assert all({k: e["config"][k] for k in PAPER_MODE["probe"]} == PAPER_MODE["probe"] for e in probes)
+    sel = pd.read_parquet(run / "probing" / "selections.parquet")
+    assert (sel.neurons.map(len) == 3).all() and set(sel.language) == {"en", "es", "fr"}
+
+    # transfer: the planted training files, the step schedule, seqeval F1 beside accuracy
+    tr = pd.read_csv(run / "transfer" / "results.csv")
+    pos, xnli = tr[tr.task == "pos"], tr[tr.task == "xnli"]
+    assert set(pos.metric) == {"accuracy", "f1", "macro_f1"} and set(xnli.metric) == {"accuracy"}
+    assert set(pos.language) == {"en-dev", "en", "es", "fr"} and set(xnli.language) == {"en-dev", "en", "es", "fr"}
+    n_train = P.transfer.max_train_examples
+    for task, df in (("pos", pos), ("xnli", xnli)):
+        ep, every = P.transfer.epochs[task], P.transfer.eval_every[task]
+        steps = ep * math.ceil(math.ceil(n_train / P.transfer.batch_size) / P.transfer.grad_accum)
+        assert (df.n_steps == steps).all(), task
+        assert (df.n_evals == steps // every + (steps % every != 0)).all(), task
+        assert ((df.best_step >= 1) & (df.best_step <= steps)).all(), task
+    assert not list((run / "transfer" / "parts").rglob("*.resume.pt"))  # finished units leave none
+    assert ((tr.value >= 0) & (tr.value <= 1)).all()
+    paper = pd.read_csv(run / "correlation" / "table1.csv")  # correlation.recipe: paper
+    assert list(zip(paper.task, paper.kind)) == [("pos", "average"), ("pos", "pairwise"),
+                                                  ("xnli", "average"), ("xnli", "pairwise")]
