@@ -329,3 +329,24 @@ def test_missing_paper_training_file_is_one_line_with_the_fetch_command(tmp_path
     assert f"transfer.{key}: {source}" in msg
     assert f"python -m xalign.data fetch --only {step} --root {root}" in msg
     assert not (P.run_dir() / "transfer").exists()
+
+
+def test_outputs_the_params_no_longer_produce_are_removed(run_copy) -> None:
+    """transfer.tasks: [] after a full run: Table 1 and the transfer figures go, listed in the
+    summary, instead of staying beside the new outputs."""
+    run, params = run_copy
+    P = params(**{"transfer.tasks": []})
+    fig_dir = P.figure_dir()
+    assert (run / "correlation" / "table1.csv").is_file() and (fig_dir / "fig5_transfer_vs_step.png").is_file()
+    s = runs.run_correlation(P)
+    assert (s.computed, s.reused) == (0, 0) and s.tables == {}
+    assert not list((run / "correlation").glob("table1*")) and len(s.removed) == 6
+    s = runs.run_figures(P)
+    assert s.computed == 1 and not list(fig_dir.glob("fig[345]_*")) and (fig_dir / "fig1_overlap_vs_step.png").is_file()
+    assert sorted(n for n in s.removed if "fig5" in n) == ["../../figures/minimal/fig5_transfer_vs_step.png"]
+    names = set(s.tables["figures"].figure)
+    assert {p.stem for p in fig_dir.glob("*.png")} == names
+    manifest = json.loads((run / "manifest.json").read_text())["artefacts"]
+    assert not [k for k in manifest if "table1" in k or "fig3_" in k or "fig4_" in k]
+    again = runs.run_figures(P)
+    assert (again.computed, again.reused) == (0, 1) and set(again.tables["figures"].figure) == names

@@ -160,7 +160,8 @@ def test_identity_depends_on_stage_config_and_inputs_not_on_key_order():
 
 
 def test_manifest_records_and_checks_artefacts(tmp_path):
-    from xalign.store import Manifest, file_sha256
+    from xalign.pipeline.manifest import Manifest
+    from xalign.store import file_sha256
 
     run = tmp_path / "run"
     m = Manifest.open(run)
@@ -190,7 +191,7 @@ def test_manifest_records_and_checks_artefacts(tmp_path):
 
 
 def test_corrupt_manifest_is_set_aside_and_nothing_is_reused(tmp_path, caplog):
-    from xalign.store import Manifest
+    from xalign.pipeline.manifest import Manifest
 
     (tmp_path / "manifest.json").write_text('{"artefacts": {"x": ', encoding="utf-8")
     m = Manifest.open(tmp_path)
@@ -215,3 +216,28 @@ def test_stale_temporary_files_of_a_killed_writer_are_removed(tmp_path):
     (tmp_path / ".y.parquet.abcd.tmp").write_bytes(b"PAR")
     assert remove_stale_temps(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["x.json"] and keep.is_file()
+
+
+def test_a_live_writers_temporary_file_is_kept(tmp_path):
+    """Only the owner's death makes a temp file stale: another driver must not delete it."""
+    import socket
+    import subprocess
+    import sys
+
+    from xalign.store import remove_stale_temps
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    live = tmp_path / f".a.parquet.~{host}~{os.getpid()}~x1.tmp"
+    gone = tmp_path / f".b.parquet.~{host}~{dead}~x2.tmp"
+    remote = tmp_path / f".c.parquet.~other-node~{os.getpid()}~x3.tmp"
+    for p in (live, gone, remote):
+        p.write_bytes(b"half")
+    assert remove_stale_temps(tmp_path) == 1 and not gone.exists() and live.exists() and remote.exists()
+    os.utime(remote, (1, 1))  # another node's file, untouched for days
+    assert remove_stale_temps(tmp_path) == 1 and not remote.exists() and live.exists()
+    with atomic_path(tmp_path / "d.json") as tmp:  # what atomic_path writes carries the marker
+        assert f"~{host}~{os.getpid()}~" in tmp.name
+        assert remove_stale_temps(tmp_path) == 0
+        tmp.write_text("{}")

@@ -42,10 +42,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Marks a field that cannot change a result (threads, inference batch sizes, devices, the
+#: executor, paths): :func:`result_config` leaves it out of every unit's identity.
+NO_EFFECT = {"affects_results": False}
+
+
+def result_config(model: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The JSON form of a params section minus its :data:`NO_EFFECT` fields and ``exclude``:
+    the params a unit's identity covers (:class:`xalign.pipeline.units.Unit`)."""
+    drop = {n for n, f in type(model).model_fields.items()
+            if (f.json_schema_extra or {}).get("affects_results") is False} | set(exclude)
+    return model.model_dump(mode="json", exclude=drop)
+
+
 class PretrainParams(_Strict):
     """Stage 0, the tiny-model lab: a small BLOOM trained from scratch on the bundle's text."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, json_schema_extra=NO_EFFECT)
     vocab_size: int = Field(8000, ge=300)
     hidden_size: int = Field(192, ge=8)
     n_layer: int = Field(4, ge=1)
@@ -64,7 +77,7 @@ class PretrainParams(_Strict):
     #: the weights are bitwise reproducible only at the same count (and CPU kernels): the tiny
     #: lab's step-1200 eval loss was 4.974132 at 1 thread on two machines, 4.972825 at 2.
     #: None = torch's default, which differs between machines.
-    threads: int | None = Field(1, ge=1)
+    threads: int | None = Field(1, ge=1, json_schema_extra=NO_EFFECT)
 
     @model_validator(mode="after")
     def _steps_increasing(self) -> "PretrainParams":
@@ -132,7 +145,7 @@ class CheckpointsParams(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     #: hub only: false deletes a checkpoint's files from the HF cache once the stages that
     #: need its weights (extraction, transfer) have their results; hashes stay in the manifest.
-    keep_weights: bool = True
+    keep_weights: bool = Field(True, json_schema_extra=NO_EFFECT)
 
     @model_validator(mode="after")
     def _check_source_fields(self) -> "CheckpointsParams":
@@ -153,14 +166,14 @@ class ExtractionParams(_Strict):
     #: Layers extracted on the last checkpoint only (Figure 2's sweep); "all" = every hidden state.
     sweep_layers: list[int] | Literal["all"] = "all"
     tokenization: Literal["per_word", "sentence"] = "sentence"
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, json_schema_extra=NO_EFFECT)
     max_length: int = Field(256, ge=8)
     #: bfloat16 autocast for the forward pass (fast on GPUs with bf16 units, e.g. A100; slow on
     #: CPUs without, such as this project's EPYC). Changes the vectors slightly (tested).
     bf16: bool = False
     #: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; does not change the vectors'
     #: identity (like batch_size), so vectors extracted on CPU are reused on a GPU and back.
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", json_schema_extra=NO_EFFECT)
 
 
 class ProbeParams(_Strict):
@@ -292,7 +305,7 @@ class RunParams(_Strict):
     #: torch intra-op threads for stages 1-7 (None: torch's default, which differs between
     #: machines and so changes float results). Small probes and LoRA steps run faster on 1
     #: thread than on 2 contended ones.
-    threads: int | None = Field(1, ge=1)
+    threads: int | None = Field(1, ge=1, json_schema_extra=NO_EFFECT)
     #: Data root (the bundle); None = $XALIGN_DATA, else ../shared/data beside the repo.
     data_root: str | None = None
     runs_dir: str = "runs"

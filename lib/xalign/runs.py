@@ -44,7 +44,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,28 +53,13 @@ import torch
 
 from .params import RunParams
 from .progress import progress
-from .store import (ArtefactError, LazyTensors, Manifest, atomic_path, content_sha256, file_sha256, identity,
-                    path_sha256, provenance, read_json, read_table, remove_stale_temps, stream_tensors, write_json,
-                    write_table)
+from .pipeline import StageSummary, run_stage
+from .pipeline.manifest import Manifest
+from .stages import STAGES
+from .store import (ArtefactError, LazyTensors, content_sha256, file_sha256, identity, path_sha256, provenance,
+                    read_json, read_table, remove_stale_temps, stream_tensors, write_json, write_table)
 
 log = logging.getLogger("xalign.runs")
-
-
-@dataclass
-class StageSummary:
-    """What a stage did: counts of computed / reused / skipped items, wall time, tables to show."""
-
-    stage: str
-    computed: int = 0
-    reused: int = 0
-    skipped: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-
-    def line(self) -> str:
-        """One-line summary: what was computed, reused from disk, and skipped (with reasons)."""
-        sk = f"; skipped {len(self.skipped)}" + (f" ({'; '.join(self.skipped[:3])}{' ...' if len(self.skipped) > 3 else ''})" if self.skipped else "")
-        return f"[{self.stage}] computed {self.computed}, reused {self.reused}{sk}; {self.seconds:.1f} s"
 
 
 @dataclass
@@ -661,31 +646,9 @@ def run_probing(P: RunParams) -> StageSummary:
 
 # ----------------------------------------------------------------------------- stage 4
 def run_overlap(P: RunParams) -> StageSummary:
-    """Stage 4: pairwise overlap rates |A cap B|/k with hypergeometric p-values (Holm).
-
-    Reused while ``probing/selections.parquet`` and ``overlap.alpha`` are unchanged.
-    """
-    from .overlap import average_overlap, overlap_pairs
-
-    st = _start(P, "overlap")
-    s, run_dir = st.s, st.run_dir
-    f_sel = run_dir / "probing" / "selections.parquet"
-    config, inputs = _cfg(P.overlap), {"selections": st.m.sha256(f_sel)}
-    ident = identity("overlap", config, inputs)
-    f_pairs, f_avg = run_dir / "overlap" / "pairs.parquet", run_dir / "overlap" / "average.parquet"
-    if st.current(f_pairs, ident) and st.current(f_avg, ident):
-        pairs, avg = read_table(f_pairs), read_table(f_avg)
-        s.reused = len(pairs)
-    else:
-        pairs = overlap_pairs(read_table(f_sel), alpha=P.overlap.alpha)
-        avg = average_overlap(pairs)
-        write_table(pairs, f_pairs, csv=True)
-        write_table(avg, f_avg, csv=True)
-        st.record(f_pairs, ident, config, inputs)
-        st.record(f_avg, ident, config, inputs)
-        s.computed = len(pairs)
-    s.tables.update(pairs=pairs, average=avg)
-    return _finish(st)
+    """Stage 4: pairwise overlap rates |A cap B|/k with hypergeometric p-values (Holm);
+    :mod:`xalign.stages.overlap`."""
+    return run_stage(P, "overlap", STAGES)
 
 
 # ----------------------------------------------------------------------------- stage 5
@@ -814,119 +777,15 @@ def run_transfer(P: RunParams) -> StageSummary:
 
 # ----------------------------------------------------------------------------- stage 6
 def run_correlation(P: RunParams) -> StageSummary:
-    """Stage 6: Pearson r between overlap and zero-shot transfer (the paper's Table 1).
-
-    Both recipes of :func:`xalign.stats.correlation_table` are computed: the one named by
-    ``correlation.recipe`` is ``correlation/table1.{parquet,csv,md}`` (summary table
-    "table1"), the other ``correlation/table1_<recipe>.*`` (summary table "table1_<recipe>").
-    """
-    from .stats import RECIPES, correlation_table, table1_markdown
-
-    st = _start(P, "correlation")
-    s, run_dir = st.s, st.run_dir
-    if not P.transfer.tasks:
-        s.skipped.append("no transfer results to correlate with (transfer.tasks is empty)")
-        return _finish(st)
-    f_pairs, f_tr = run_dir / "overlap" / "pairs.parquet", run_dir / "transfer" / "results.parquet"
-    ckpt_names = [c["name"] for c in _checkpoints(run_dir)]
-    config = {"layers": list(P.extraction.layers), "checkpoints": ckpt_names, "recipe": P.correlation.recipe}
-    inputs = {"pairs": st.m.sha256(f_pairs), "transfer": st.m.sha256(f_tr)}
-    ident = identity("correlation", config, inputs)
-    pairs = transfer = None
-    for recipe in sorted(RECIPES, key=lambda r: r != P.correlation.recipe):  # the chosen one first
-        name = "table1" if recipe == P.correlation.recipe else f"table1_{recipe}"
-        f_table, f_md = run_dir / "correlation" / f"{name}.parquet", run_dir / "correlation" / f"{name}.md"
-        if st.current(f_table, ident) and st.current(f_md, ident):
-            table = read_table(f_table)
-            s.reused += len(table)
-        else:
-            if pairs is None:
-                pairs, transfer = read_table(f_pairs), read_table(f_tr)
-                pairs = pairs[pairs.layer.isin(P.extraction.layers)]  # the sweep exists on one checkpoint only
-                pairs = pairs[pairs.checkpoint.isin(ckpt_names)]
-                # and so do probe.sweep_attributes (last checkpoint); their pairs change with both lists
-                pairs = pairs[pairs.attribute.isin(P.probe.attributes)]
-            table = correlation_table(pairs, transfer, recipe=recipe)
-            write_table(table, f_table, csv=True)
-            with atomic_path(f_md) as tmp:
-                tmp.write_text(table1_markdown(table) + "\n", encoding="utf-8")
-            st.record(f_table, ident, config, inputs)
-            st.record(f_md, ident, config, inputs)
-            s.computed += len(table)
-        s.tables[name] = table
-    return _finish(st)
+    """Stage 6: Pearson r between overlap and zero-shot transfer (the paper's Table 1), by
+    both recipes; :mod:`xalign.stages.correlation`."""
+    return run_stage(P, "correlation", STAGES)
 
 
 # ----------------------------------------------------------------------------- stage 7
 def run_figures(P: RunParams) -> StageSummary:
-    """Stage 7: Figures 1-5 and the Appendix B.1 heatmaps, PNG and PDF, in ``figures/<run>/``.
+    """Stage 7: Figures 1-5 and the Appendix B.1 heatmaps, PNG and PDF, in ``figures/<run>/``;
+    :mod:`xalign.stages.figures`."""
+    return run_stage(P, "figures", STAGES)
 
-    Figures 1, 3 and 4 (and Table 1, stage 6) use ``probe.attributes`` at
-    ``extraction.layers``; Figure 2 and the heatmaps (last checkpoint, at
-    ``extraction.layers``) draw every attribute probed there, ``probe.sweep_attributes`` too.
-    The list of files written goes to ``<run_dir>/figures.json``; all are reused while the
-    overlap and transfer tables, the layers and the figure params are unchanged.
-    """
-    from . import plots
-    from .overlap import average_overlap
 
-    st = _start(P, "figures")
-    s, run_dir = st.s, st.run_dir
-    out = P.figure_dir()
-    f_pairs, f_tr = run_dir / "overlap" / "pairs.parquet", run_dir / "transfer" / "results.parquet"
-    use_transfer = bool(P.transfer.tasks) and f_tr.is_file()
-    ckpts = _checkpoints(run_dir)
-    config = {**_cfg(P.figures), "layers": list(P.extraction.layers), "checkpoints": [c["name"] for c in ckpts],
-              "figure_dir": str(out)}
-    inputs = {"pairs": st.m.sha256(f_pairs)}
-    if use_transfer:
-        inputs["transfer"] = st.m.sha256(f_tr)
-    ident = identity("figures", config, inputs)
-    f_list = run_dir / "figures.json"
-    if st.current(f_list, ident):
-        names = read_json(f_list)
-        if all(st.current(out / n, ident) for n in names):
-            s.reused = len(names)
-            s.tables["figures"] = pd.DataFrame({"figure": names})
-            return _finish(st)
-    pairs = read_table(f_pairs)
-    avg = average_overlap(pairs)
-    transfer = read_table(f_tr) if use_transfer else None
-    last = ckpts[-1]["name"]
-    fmt = tuple(P.figures.formats)
-    main_layers = [l for l in P.extraction.layers if l in set(pairs.layer)]
-    # Figures 1, 3, 4 (the series): probe.attributes at extraction.layers; Figure 2 and the
-    # heatmaps (last checkpoint): every attribute probed there, probe.sweep_attributes too
-    series = avg[avg.layer.isin(main_layers) & avg.attribute.isin(P.probe.attributes)]
-    # figures against training step need a series: at least two checkpoints with a step
-    series_ok = series.step.dropna().nunique() >= 2
-    figs: dict[str, Any] = {"fig2_overlap_vs_layer": plots.fig_overlap_vs_layer(avg, last)}
-    if series_ok:
-        figs["fig1_overlap_vs_step"] = plots.fig_overlap_vs_step(series)
-    else:
-        s.skipped.append("figures 1, 3 and 5 (vs step): fewer than two checkpoints with a step")
-    layer = main_layers[-1] if main_layers else int(pairs.layer.max())
-    if transfer is not None and len(transfer):
-        if series_ok:
-            figs["fig3_overlap_transfer_vs_step"] = plots.fig_overlap_transfer_vs_step(series, transfer, layer)
-            figs["fig5_transfer_vs_step"] = plots.fig_transfer_vs_step(transfer)
-        at_layer = pairs[(pairs.layer == layer) & pairs.attribute.isin(P.probe.attributes)]
-        with_source = at_layer[(at_layer.lang_a == "en") | (at_layer.lang_b == "en")]
-        for attr in sorted(set(with_source.attribute)):
-            figs[f"fig4_pairwise_scatter_{attr}_L{layer}"] = plots.fig_pairwise_scatter(
-                at_layer, transfer, layer, attr)
-    at_last = pairs[pairs.checkpoint == last]
-    for attr in sorted(set(at_last.attribute)):
-        for l in main_layers:
-            if ((at_last.attribute == attr) & (at_last.layer == l)).any():
-                figs[f"heatmap_{attr}_L{l}_{last}"] = plots.fig_overlap_heatmap(pairs, last, l, attr)
-    written = []
-    for name, fig in figs.items():
-        for p in plots.save(fig, out, name, formats=fmt, dpi=P.figures.dpi):
-            st.m.record(p, s.stage, ident, config, inputs, save=False)
-            written.append(Path(p).name)
-        s.computed += 1
-    write_json(sorted(written), f_list)
-    st.record(f_list, ident, config, inputs)
-    s.tables["figures"] = pd.DataFrame({"figure": sorted(figs)})
-    return _finish(st)

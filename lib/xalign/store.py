@@ -1,14 +1,14 @@
 """Artefact store: atomic writes of tensors (safetensors), tables (parquet + CSV) and JSON;
-artefact identities and the run manifest.
+artefact identities and provenance (the run manifest is :mod:`xalign.pipeline.manifest`).
 
 Every writer goes through :func:`atomic_path`: the artefact is written to a temporary
 file beside its destination and renamed into place only when complete, so a crash or a
 full disk never leaves a half-written artefact that a later stage could read back.
 
 An artefact's :func:`identity` hashes its stage, the params it depends on and the
-SHA-256 of its inputs; the :class:`Manifest` (``<run_dir>/manifest.json``) records every
-artefact with its identity, inputs and bytes' SHA-256, plus the run's
-:func:`provenance`, so stages reuse exactly what is still valid (see :mod:`xalign.runs`).
+SHA-256 of its inputs; :class:`xalign.pipeline.manifest.Manifest` (``<run_dir>/manifest.json``)
+records every artefact with its identity, inputs and bytes' SHA-256, plus the run's
+:func:`provenance`, so the scheduler reuses exactly what is still valid.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import hashlib
 import json
 import logging
 import os
+import re
+import socket
 import tempfile
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -43,7 +44,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{_owner()}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -57,13 +58,47 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def remove_stale_temps(folder: str | Path) -> int:
-    """Delete temporary files that :func:`atomic_path` left under ``folder`` when its process
-    was killed (``.<name>.<random>.tmp``; never read back). Only safe while no other process
-    writes there: a run folder has one writer at a time. Returns the number removed."""
-    n = 0
+def _owner() -> str:
+    """Marks a temporary file with its writer, ``~<host>~<pid>~`` (see :func:`remove_stale_temps`)."""
+    return f"~{socket.gethostname().replace('~', '-')}~{os.getpid()}~"
+
+
+_OWNER_RE = re.compile(r"~([^~]+)~(\d+)~")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | Path, max_age_s: float = 86400.0) -> int:
+    """Delete temporary files that :func:`atomic_path` left under ``folder`` when its writer
+    was killed (``.<name>.~<host>~<pid>~<random>.tmp``; never read back).
+
+    A temp file is removed only when its owner cannot be writing it any more: written on this
+    host by a process that no longer exists, or unmarked (an older xalign), or written on
+    another host (a SLURM node) more than ``max_age_s`` seconds ago. A live writer's file,
+    here or on another node, is left alone. Returns the number removed.
+    """
+    import time
+
+    host, n = socket.gethostname().replace("~", "-"), 0
     for p in Path(folder).rglob(".*.tmp"):
-        if p.is_file():
+        if not p.is_file():
+            continue
+        m = _OWNER_RE.search(p.name)
+        if m and m.group(1) == host:
+            stale = not _pid_alive(int(m.group(2)))
+        elif m:
+            stale = time.time() - p.stat().st_mtime > max_age_s
+        else:
+            stale = True
+        if stale:
             p.unlink(missing_ok=True)
             n += 1
     return n
@@ -366,7 +401,7 @@ def identity(stage: str, config: Any, inputs: dict[str, str] | None = None) -> s
     return content_sha256({"stage": stage, "config": config, "inputs": dict(sorted((inputs or {}).items()))})
 
 
-def _stat(path: Path) -> tuple[int, int]:
+def path_stat(path: Path) -> tuple[int, int]:
     """(bytes, newest mtime in ns) of a file, or of all files under a folder."""
     if path.is_dir():
         files = [p for p in path.rglob("*") if p.is_file()]
@@ -384,103 +419,6 @@ def path_sha256(path: str | Path) -> str:
     for p in sorted(q for q in path.rglob("*") if q.is_file()):
         h.update(f"{p.relative_to(path).as_posix()}\0{file_sha256(p)}\n".encode())
     return h.hexdigest()
-
-
-MANIFEST_NAME = "manifest.json"
-
-
-@dataclass
-class Manifest:
-    """The run's record of every artefact: identity, inputs, params, SHA-256, and the run's provenance.
-
-    One JSON file, ``<run_dir>/manifest.json``, rewritten atomically after every artefact,
-    so a run killed at any point keeps a consistent record. Keys are artefact paths
-    relative to the run folder (POSIX). An entry holds ``stage``, ``identity``
-    (:func:`identity`), ``config`` (the params it depends on), ``inputs`` (name -> SHA-256),
-    ``sha256``, ``bytes``, ``mtime_ns`` and ``written`` (UTC). ``run`` holds the
-    provenance of the last stage run (:func:`provenance`) and ``stages`` one summary per
-    stage. A stage reuses an artefact only if :meth:`is_current`: the file exists, its
-    entry has the identity the stage would give it now, and its bytes are those recorded.
-    """
-
-    run_dir: Path
-    artefacts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    run: dict[str, Any] = field(default_factory=dict)
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def open(cls, run_dir: str | Path) -> "Manifest":
-        """Read ``<run_dir>/manifest.json``, or start an empty manifest.
-
-        An unreadable manifest is not fatal: it is set aside as ``manifest.json.corrupt``
-        with a warning, and every artefact is recomputed (nothing unverified is reused).
-        """
-        run_dir = Path(run_dir)
-        f = run_dir / MANIFEST_NAME
-        if not f.is_file():
-            return cls(run_dir)
-        try:
-            obj = read_json(f)
-            return cls(run_dir, dict(obj["artefacts"]), dict(obj.get("run", {})), dict(obj.get("stages", {})))
-        except (ArtefactError, KeyError, TypeError) as e:
-            log.warning("%s: unreadable manifest (%s); set aside, artefacts will be recomputed", f, e)
-            os.replace(f, f.with_name(MANIFEST_NAME + ".corrupt"))
-            return cls(run_dir)
-
-    def key(self, path: str | Path) -> str:
-        """Manifest key of ``path``: relative to the run folder (may start with ``..``)."""
-        p = Path(path)
-        p = p if p.is_absolute() else self.run_dir / p
-        return Path(os.path.relpath(p, self.run_dir)).as_posix()
-
-    def _unchanged(self, key: str, entry: dict[str, Any]) -> bool:
-        p = self.run_dir / key
-        if not p.exists():
-            return False
-        size, mtime = _stat(p)
-        if (size, mtime) == (entry.get("bytes"), entry.get("mtime_ns")):
-            return True
-        if size != entry.get("bytes"):
-            return False
-        same = path_sha256(p) == entry.get("sha256")
-        if same:  # touched but identical: refresh the stat so the next check is cheap
-            entry["mtime_ns"] = mtime
-        return same
-
-    def is_current(self, path: str | Path, ident: str) -> bool:
-        """True if ``path`` exists, was recorded with identity ``ident``, and is unchanged since."""
-        entry = self.artefacts.get(self.key(path))
-        return bool(entry) and entry.get("identity") == ident and self._unchanged(self.key(path), entry)
-
-    def sha256(self, path: str | Path) -> str:
-        """SHA-256 of an artefact: the recorded one if the file is unchanged, else computed."""
-        k = self.key(path)
-        entry = self.artefacts.get(k)
-        if entry and self._unchanged(k, entry):
-            return entry["sha256"]
-        p = self.run_dir / k
-        if not p.exists():
-            raise ArtefactError(f"{p}: missing artefact (run the stage that writes it first)")
-        return path_sha256(p)
-
-    def record(self, path: str | Path, stage: str, ident: str, config: Any = None,
-               inputs: dict[str, str] | None = None, save: bool = True) -> str:
-        """Record a just-written artefact (file or folder) and save the manifest; returns its SHA-256."""
-        k = self.key(path)
-        p = self.run_dir / k
-        size, mtime = _stat(p)
-        sha = path_sha256(p)
-        self.artefacts[k] = {"stage": stage, "identity": ident, "config": config, "inputs": dict(inputs or {}),
-                             "sha256": sha, "bytes": size, "mtime_ns": mtime,
-                             "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        if save:
-            self.save()
-        return sha
-
-    def save(self) -> Path:
-        """Write ``manifest.json`` atomically."""
-        return write_json({"run": self.run, "stages": self.stages, "artefacts": dict(sorted(self.artefacts.items()))},
-                          self.run_dir / MANIFEST_NAME)
 
 
 PROVENANCE_PACKAGES = ("xalign", "torch", "transformers", "tokenizers", "peft", "bitsandbytes", "safetensors",

@@ -1,0 +1,118 @@
+"""Units of work: what a stage declares, and the identity that decides whether it is current.
+
+A stage does not loop over its work itself. It *declares* its units (one per checkpoint
+and language for probing, one per checkpoint and task for transfer, ...) as
+:class:`Unit` values: a key, the params the result depends on, the SHA-256 of its
+inputs, the files it writes, and a module-level function that computes them. The
+scheduler (:mod:`xalign.pipeline.scheduler`) decides which units are current, runs the
+rest through an executor and records what they wrote.
+
+A unit's identity covers the stage, the key, the config, the inputs **and the code**:
+:func:`code_version` hashes the source of the modules that implement the stage's method
+(comments and docstrings ignored), plus the torch and transformers versions, so an edit to
+a kernel recomputes what it computed instead of silently reusing stale tables.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+from ..store import identity
+
+#: Packages whose versions enter every code version (their numerics define the results).
+CODE_PACKAGES = ("torch", "transformers")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a unit needs from an executor: a GPU (extraction, transfer) and a group name;
+    units of one group run in one job, one after another, so a model is loaded once."""
+
+    gpu: bool = False
+    group: str | None = None
+
+
+@dataclass
+class Unit:
+    """One unit of work of a stage.
+
+    Attributes:
+        stage: the stage that declares it (``"probing"``).
+        key: unique within the stage (``"step-000025/en"``).
+        config: the params the result depends on (JSON-able); params that cannot change a
+            result (batch sizes of inference, threads, executor, devices) are left out.
+        inputs: name -> SHA-256 of every input (earlier artefacts, data files, weights).
+        outputs: the files or folders it writes (absolute paths).
+        fn: a module-level function, called as ``fn(**args)``, that writes ``outputs``
+            (atomically) and returns JSON-able notes (``dict``) or ``None``. Notes are kept
+            in the manifest, so a reused unit reports what a computed one did. A note
+            ``"files": [...]`` lists further files it wrote (e.g. figures), relative to
+            the run folder, recorded too.
+        args: small, picklable arguments of ``fn`` (paths, names, params): large objects
+            are passed as file paths.
+        code: :func:`code_version` of the modules ``fn`` runs.
+        resources: see :class:`Resources`.
+    """
+
+    stage: str
+    key: str
+    config: dict[str, Any]
+    inputs: dict[str, str]
+    outputs: tuple[Path, ...]
+    fn: Callable[..., dict[str, Any] | None]
+    args: dict[str, Any] = field(default_factory=dict)
+    code: str = ""
+    resources: Resources = field(default_factory=Resources)
+
+    @property
+    def identity(self) -> str:
+        """SHA-256 over stage, key, config, inputs and code (:func:`xalign.store.identity`)."""
+        return identity(self.stage, {"key": self.key, "config": self.config, "code": self.code}, self.inputs)
+
+
+def _source_digest(path: Path) -> str:
+    """SHA-256 of a module's code: its AST with docstrings removed (comments never reach it)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def code_version(*modules: str) -> str:
+    """The version of a stage's method: a hash of its modules' code and of :data:`CODE_PACKAGES`.
+
+    Args:
+        modules: importable module names (``"xalign.probe"``); each is located, not
+            imported, and its source parsed. Docstrings and comments do not count.
+
+    Returns:
+        64 hex digits; it changes when any listed module's code or torch / transformers
+        version changes. Cached per process (a driver sees the code it started with).
+
+    Raises:
+        ModuleNotFoundError: a listed module does not exist.
+    """
+    from importlib import metadata
+
+    h = hashlib.sha256()
+    for name in sorted(set(modules)):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(f"code_version: no module {name!r}")
+        h.update(f"{name}\0{_source_digest(Path(spec.origin))}\n".encode())
+    for pkg in CODE_PACKAGES:
+        try:
+            h.update(f"{pkg}=={metadata.version(pkg)}\n".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{pkg} absent\n".encode())
+    return h.hexdigest()

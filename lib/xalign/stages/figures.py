@@ -1,0 +1,92 @@
+"""Stage 7 (notebook ``07_figures``): Figures 1-5 and the Appendix B.1 heatmaps of Wang et
+al. (2024), PNG and PDF, in ``figures/<run>/``. One unit; the files it wrote are listed in
+``<run_dir>/figures.json`` and in the manifest, so figures the params no longer produce (a
+dropped task, a dropped attribute) are removed.
+
+Figures 1, 3 and 4 (and Table 1, stage 6) use ``probe.attributes`` at ``extraction.layers``;
+Figure 2 and the heatmaps (last checkpoint, at ``extraction.layers``) draw every attribute
+probed there, ``probe.sweep_attributes`` too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from ..params import result_config
+from ..pipeline import Context, StageSummary, Unit, code_version
+from ..store import read_table, write_json
+from ._common import checkpoint_rows
+
+name, notebook, upstream = "figures", "07_figures", ("overlap", "transfer")
+CODE = ("xalign.plots", "xalign.overlap", "xalign.stages.figures")
+
+
+def plan(ctx: Context) -> Iterator[list[Unit]]:
+    """One unit over the overlap pairs and, with transfer tasks, the transfer results."""
+    P, run = ctx.P, ctx.run_dir
+    f_pairs, f_tr = run / "overlap" / "pairs.parquet", run / "transfer" / "results.parquet"
+    use_transfer = bool(P.transfer.tasks) and f_tr.is_file()
+    inputs = {"pairs": ctx.sha(f_pairs), **({"transfer": ctx.sha(f_tr)} if use_transfer else {})}
+    config = {**result_config(P.figures), "layers": list(P.extraction.layers),
+              "attributes": list(P.probe.attributes), "checkpoints": [c["name"] for c in checkpoint_rows(run)],
+              "figure_dir": str(P.figure_dir())}
+    yield [Unit(name, "all", config, inputs, (run / "figures.json",), compute,
+                {"pairs": f_pairs, "transfer": f_tr if use_transfer else None, "dest": run / "figures.json",
+                 **config}, code_version(*CODE))]
+
+
+def _figures(pairs: pd.DataFrame, transfer: pd.DataFrame | None, layers: list[int], attributes: list[str],
+             last: str, skipped: list[str]) -> dict[str, Any]:
+    """The figures (name -> matplotlib Figure) for one run's tables."""
+    from .. import plots
+    from ..overlap import average_overlap
+
+    avg = average_overlap(pairs)
+    main_layers = [l for l in layers if l in set(pairs.layer)]
+    series = avg[avg.layer.isin(main_layers) & avg.attribute.isin(attributes)]
+    series_ok = series.step.dropna().nunique() >= 2  # figures against step need two steps
+    figs: dict[str, Any] = {"fig2_overlap_vs_layer": plots.fig_overlap_vs_layer(avg, last)}
+    if series_ok:
+        figs["fig1_overlap_vs_step"] = plots.fig_overlap_vs_step(series)
+    else:
+        skipped.append("figures 1, 3 and 5 (vs step): fewer than two checkpoints with a step")
+    layer = main_layers[-1] if main_layers else int(pairs.layer.max())
+    if transfer is not None and len(transfer):
+        if series_ok:
+            figs["fig3_overlap_transfer_vs_step"] = plots.fig_overlap_transfer_vs_step(series, transfer, layer)
+            figs["fig5_transfer_vs_step"] = plots.fig_transfer_vs_step(transfer)
+        at_layer = pairs[(pairs.layer == layer) & pairs.attribute.isin(attributes)]
+        with_source = at_layer[(at_layer.lang_a == "en") | (at_layer.lang_b == "en")]
+        for attr in sorted(set(with_source.attribute)):
+            figs[f"fig4_pairwise_scatter_{attr}_L{layer}"] = plots.fig_pairwise_scatter(at_layer, transfer, layer, attr)
+    at_last = pairs[pairs.checkpoint == last]
+    for attr in sorted(set(at_last.attribute)):
+        for l in main_layers:
+            if ((at_last.attribute == attr) & (at_last.layer == l)).any():
+                figs[f"heatmap_{attr}_L{l}_{last}"] = plots.fig_overlap_heatmap(pairs, last, l, attr)
+    return figs
+
+
+def compute(pairs: Path, transfer: Path | None, dest: Path, layers: list[int], attributes: list[str],
+            checkpoints: list[str], figure_dir: str, formats: list[str], dpi: int, **_: Any) -> dict:
+    """Draw and save every figure; notes list the files (``files``) and figures (``figures``)."""
+    from .. import plots
+
+    skipped: list[str] = []
+    figs = _figures(read_table(pairs), read_table(transfer) if transfer else None, layers, attributes,
+                    checkpoints[-1], skipped)
+    saved = [p for n, fig in figs.items() for p in plots.save(fig, Path(figure_dir), n, formats=tuple(formats),
+                                                               dpi=dpi)]
+    write_json(sorted(p.name for p in saved), dest)
+    files = [os.path.relpath(p, dest.parent) for p in saved]  # relative to the run folder (it may move)
+    return {"files": files, "figures": sorted(figs), "skipped": skipped}
+
+
+def gather(ctx: Context, s: StageSummary, units: list[Unit]) -> None:
+    """Table ``figures``: the names of the figures drawn (each saved in every format)."""
+    for u in units:
+        s.tables["figures"] = pd.DataFrame({"figure": ctx.notes(u).get("figures", [])})
