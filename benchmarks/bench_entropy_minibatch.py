@@ -191,7 +191,7 @@ def main() -> None:
                     X[:4000], y[:4000], X[4000:], y[4000:], 4, args.k, args, args.same_steps != "none")
 
     if args.real:
-        from xalign.runs import probe_splits
+        from xalign.stages.probing import probe_splits
         from xalign.store import load_tensors, read_table
 
         vec = sorted(p for p in (run / "vectors").glob("*") if p.is_dir())

@@ -128,7 +128,7 @@ def seed_floor(run: Path, sel: pd.DataFrame, layers: list[int], seed: int) -> pd
     selection on dev).
     """
     from xalign.probe import ProbeConfig, standardize, train_probe
-    from xalign.runs import probe_splits
+    from xalign.stages.probing import probe_splits
     from xalign.selection import greedy_select
     from xalign.store import load_tensors
 

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from xalign.probe import ProbeConfig, standardize, train_probe
-from xalign.runs import probe_splits
+from xalign.stages.probing import probe_splits
 from xalign.selection import greedy_select, retrained_mi
 from xalign.store import load_tensors, read_table
 

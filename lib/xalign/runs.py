@@ -46,7 +46,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 import torch
@@ -56,7 +56,8 @@ from .progress import progress
 from .pipeline import StageSummary, run_stage
 from .pipeline.manifest import Manifest
 from .stages import STAGES
-from .store import (ArtefactError, LazyTensors, content_sha256, file_sha256, identity, path_sha256, provenance,
+from .stages._common import sweep_attributes, vectors_path
+from .store import (ArtefactError, content_sha256, file_sha256, identity, path_sha256, provenance,
                     read_json, read_table, remove_stale_temps, stream_tensors, write_json, write_table)
 
 log = logging.getLogger("xalign.runs")
@@ -195,60 +196,9 @@ def run_pretrain(P: RunParams) -> StageSummary:
 
 # ----------------------------------------------------------------------------- stage 1
 def run_data_prep(P: RunParams) -> StageSummary:
-    """Stage 1: UD treebanks -> UniMorph -> one dataset per (language, attribute), split by lemma.
-
-    ``data/words/<lang>.parquet`` is reused per language while its treebank files and
-    sampling params are unchanged; the labels and summary depend on all words tables and
-    on ``attributes``, ``min_count``, ``split_fractions`` and the seed.
-    """
-    from . import data
-
-    st = _start(P, "data_prep")
-    s = st.s
-    root = P.resolved_data_root()
-    dp = P.data
-    words_sha, tables = {}, []
-    for lang in progress(dp.languages, desc="UD -> UniMorph", total=len(dp.languages)):
-        dest = st.run_dir / "data" / "words" / f"{lang}.parquet"
-        config = {"language": lang, "treebank": dp.treebanks.get(lang),
-                  "max_sentences_per_language": dp.max_sentences_per_language, "seed": P.seed,
-                  "multiword_tokens": dp.multiword_tokens}
-        inputs = _treebank_hashes(root, lang, dp.treebanks.get(lang))
-        ident = identity("data_prep.words", config, inputs)
-        if st.current(dest, ident):
-            w = read_table(dest)
-            s.reused += 1
-        else:
-            w = data.load_words(root, [lang], treebanks=dp.treebanks,
-                                max_sentences_per_language=dp.max_sentences_per_language, seed=P.seed,
-                                multiword=dp.multiword_tokens)
-            write_table(w, dest)
-            st.record(dest, ident, config, inputs)
-            s.computed += 1
-        words_sha[f"words/{lang}"] = st.m.sha256(dest)
-        tables.append(w)
-    config = {"languages": dp.languages, "attributes": dp.attributes, "min_count": dp.min_count,
-              "split_fractions": list(dp.split_fractions), "seed": P.seed,
-              "summary_columns": list(data.SUMMARY_COLUMNS)}  # a summary without n_multi_value is redone
-    ident = identity("data_prep.labels", config, words_sha)
-    f_labels, f_summary = st.run_dir / "data" / "labels.parquet", st.run_dir / "data" / "summary.parquet"
-    if st.current(f_labels, ident) and st.current(f_summary, ident):
-        summary = read_table(f_summary)
-        s.reused += 1
-    else:
-        words = pd.concat(tables, ignore_index=True)
-        sources = {l: dp.treebanks.get(l) or data.language_info(l).treebank for l in dp.languages}
-        labels, summary = data.build_datasets(words, dp.attributes, min_count=dp.min_count,
-                                              fractions=dp.split_fractions, seed=P.seed, sources=sources)
-        write_table(labels, f_labels)
-        write_table(summary, f_summary, csv=True)
-        st.record(f_labels, ident, config, words_sha)
-        st.record(f_summary, ident, config, words_sha)
-        s.computed += 1
-    for _, r in summary[summary.status != "kept"].iterrows():
-        s.skipped.append(f"{r.language}/{r.attribute}: {r.reason}")
-    s.tables["summary"] = summary
-    return _finish(st)
+    """Stage 1: UD treebanks -> UniMorph -> one dataset per (language, attribute), split by
+    lemma; :mod:`xalign.stages.data_prep`."""
+    return run_stage(P, "data_prep", STAGES)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -296,10 +246,6 @@ def _release_weights(P: RunParams, c) -> None:
                      c.name, freed / 1e9)
 
 
-def _vectors_path(run_dir: Path, ckpt_name: str, lang: str) -> Path:
-    return run_dir / "vectors" / ckpt_name / f"{lang}.safetensors"
-
-
 class _VectorsFile:
     """A :class:`xalign.extraction.VectorSink` writing ``vectors/<ckpt>/<lang>.safetensors``
     (``layer_<l>``: (n_words, d) float32, ``sent_idx``/``word_idx``: (n_words,) int64) with
@@ -316,20 +262,6 @@ class _VectorsFile:
 
     def write(self, layer: int, start: int, block: torch.Tensor) -> None:
         self.writer.write_rows(f"layer_{layer}", start, block)
-
-
-def _sweep_attributes(P: RunParams) -> list[str]:
-    """``probe.sweep_attributes`` not in ``probe.attributes`` (order kept): probed at the last
-    checkpoint's sweep layers only. Empty without a sweep (``extraction.sweep_layers: []``)."""
-    if not P.extraction.sweep_layers:
-        return []
-    return [a for a in (P.probe.sweep_attributes or []) if a not in P.probe.attributes]
-
-
-def _sweep_layers_in(P: RunParams, layers: list[int]) -> list[int]:
-    """The sweep layers (``extraction.sweep_layers``, "all" = every one) among a vectors file's ``layers``."""
-    sweep = P.extraction.sweep_layers
-    return list(layers) if sweep == "all" else [l for l in layers if l in set(sweep)]
 
 
 def _check_layers(layers: list[int], n_hs: int, name: str, key: str) -> None:
@@ -365,7 +297,7 @@ def run_extraction(P: RunParams) -> StageSummary:
     all_labels = read_table(run_dir / "data" / "labels.parquet")
     labels = all_labels[all_labels.attribute.isin(P.probe.attributes)]
     # the last checkpoint's sweep also needs the sentences of probe.sweep_attributes
-    sweep_attrs = _sweep_attributes(P)
+    sweep_attrs = sweep_attributes(P)
     last_labels = all_labels[all_labels.attribute.isin([*P.probe.attributes, *sweep_attrs])] if sweep_attrs else labels
     ckpts = resolve_checkpoints(P, st.m)
     weights = {r["name"]: r["weights_sha256"] for r in _checkpoints(run_dir)}
@@ -382,7 +314,7 @@ def run_extraction(P: RunParams) -> StageSummary:
                 wanted = [*P.probe.attributes, *sweep_attrs] if last else P.probe.attributes
                 s.skipped.append(f"{c.name}/{lang}: no labelled words for {wanted}")
                 continue
-            dest = _vectors_path(run_dir, c.name, lang)
+            dest = vectors_path(run_dir, c.name, lang)
             words_f = run_dir / "data" / "words" / f"{lang}.parquet"
             keep_sents = sorted(set(int(x) for x in need.sent_idx))
             config = {"checkpoint": c.name, "revision": c.revision, "language": lang, "layers": list(ep.layers),
@@ -448,200 +380,17 @@ def run_extraction(P: RunParams) -> StageSummary:
 
 
 # ----------------------------------------------------------------------------- stage 3
-def probe_splits(labels: pd.DataFrame, tensors: Mapping[str, torch.Tensor], layer: int
-                 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[str]]:
-    """Join one (language, attribute)'s labels with its word vectors: the probe's datasets.
-
-    Args:
-        labels: rows of ``data/labels.parquet`` for one language and attribute
-            (``sent_idx, word_idx, value, split``).
-        tensors: a vectors file's tensors (``layer_<l>``: (n_words, d), ``sent_idx``, ``word_idx``).
-        layer: ℓ, as in the paper (1 = embedding output).
-
-    Returns:
-        ``({"train"|"dev"|"test": (X (n, d) float, y (n,) int64)}, values)`` with ``y``
-        indexing the sorted attribute ``values``. Labelled words without a vector (in
-        sentences skipped at extraction) are dropped.
-    """
-    key = pd.DataFrame({"sent_idx": tensors["sent_idx"].numpy(), "word_idx": tensors["word_idx"].numpy()})
-    key["row"] = range(len(key))
-    m = labels.merge(key, on=["sent_idx", "word_idx"], how="inner")
-    values = sorted(m.value.unique())
-    index = {v: i for i, v in enumerate(values)}
-    X = tensors[f"layer_{layer}"]
-    out = {}
-    for split in ("train", "dev", "test"):
-        part = m[m.split == split]
-        out[split] = (X[torch.tensor(part.row.to_numpy(), dtype=torch.long)],
-                      torch.tensor(part.value.map(index).to_numpy(), dtype=torch.long))
-    return out, values
-
-
-def _check_vectors(f: Path, shapes: dict[str, tuple[int, ...]], meta: dict[str, Any], d_ckpt: int | None) -> int:
-    """Hidden size of a vectors file (tensor ``shapes`` from its header), checked against its
-    metadata and the checkpoint's other files.
-
-    Raises:
-        ArtefactError: a layer's width differs from ``hidden_size`` in the file's metadata
-            or from the checkpoint's other languages (one line, naming the file).
-    """
-    d = int(meta["hidden_size"])
-    for name, shape in shapes.items():
-        if name.startswith("layer_") and (len(shape) != 2 or shape[1] != d):
-            raise ArtefactError(f"{f}: {name} has shape {tuple(shape)}, but the file's hidden_size is {d}")
-    if d_ckpt is not None and d != d_ckpt:
-        raise ArtefactError(f"{f}: hidden size {d} differs from {d_ckpt} in the same checkpoint's other "
-                            f"vectors (artefacts of different models; re-run extraction)")
-    return d
-
-
-def _probe_unit(P: RunParams, cfg, c: dict, lang: str, attrs: list[str], labels: pd.DataFrame,
-                tensors: Mapping[str, torch.Tensor], meta: dict[str, Any], d: int,
-                skipped: list[str], layers_of: Mapping[str, list[int]] | None = None
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Probes and greedy selections for one (checkpoint, language): every attribute x layer.
-
-    ``layers_of`` gives the layers of an attribute probed at fewer than the vectors file's
-    ``meta["layers"]`` (``probe.sweep_attributes``: the sweep layers only).
-    """
-    from .probe import standardize, train_probe
-    from .selection import greedy_select, retrained_mi
-
-    pp = P.probe
-    sel_rows, path_rows = [], []
-    for attr in attrs:
-        lab = labels[labels.attribute == attr]
-        for layer in (layers_of or {}).get(attr, meta["layers"]):
-            splits, values = probe_splits(lab, tensors, layer)
-            (Xtr, ytr), (Xdv, ydv), (Xte, yte) = splits["train"], splits["dev"], splits["test"]
-            if len(ytr) < pp.min_train_examples or len(ydv) == 0 or len(yte) == 0:
-                skipped.append(f"{c['name']}/L{layer}/{attr}/{lang}: {len(ytr)} train, {len(ydv)} dev, "
-                               f"{len(yte)} test examples (min_train_examples={pp.min_train_examples})")
-                continue
-            if pp.standardize:
-                Xtr, Xdv, Xte = standardize(Xtr, Xdv, Xte)
-            probe = train_probe(Xtr, ytr, len(values), cfg)
-            res = greedy_select(probe, Xdv, ydv, k=pp.k, X_test=Xte, y_test=yte)
-            ident = {"checkpoint": c["name"], "step": c["step"], "layer": layer, "attribute": attr,
-                     "language": lang}
-            sel_rows.append({**ident, "d": d, "k": pp.k, "neurons": [int(n) for n in res.neurons],
-                             "n_classes": len(values), "values": ",".join(values),
-                             "n_train": len(ytr), "n_dev": len(ydv), "n_test": len(yte),
-                             "dev_mi": res.dev_mi[-1], "test_mi": res.test_mi[-1],
-                             "dev_acc": res.dev_acc[-1], "test_acc": res.test_acc[-1],
-                             "dev_mi_all": res.dev_mi_all, "test_mi_all": res.test_mi_all,
-                             "dev_acc_all": res.dev_acc_all, "test_acc_all": res.test_acc_all,
-                             "best_epoch": probe.best_epoch})
-            if pp.retrain:
-                ref = retrained_mi(Xtr, ytr, len(values), list(res.neurons), Xdv, ydv, Xte, yte, config=cfg)
-                sel_rows[-1].update({f"{m}_retrained": getattr(ref, m) for m in (
-                    "dev_mi_subset", "test_mi_subset", "dev_acc_subset", "test_acc_subset",
-                    "dev_mi_all", "test_mi_all", "dev_acc_all", "test_acc_all", "l2_subset", "l2_all")})
-            for i, n in enumerate(res.neurons):
-                path_rows.append({**ident, "step_k": i + 1, "neuron": int(n), "dev_loglik": res.dev_loglik[i],
-                                  "dev_mi": res.dev_mi[i], "test_mi": res.test_mi[i],
-                                  "dev_acc": res.dev_acc[i], "test_acc": res.test_acc[i]})
-    return pd.DataFrame(sel_rows), pd.DataFrame(path_rows)
-
-
 def run_probing(P: RunParams) -> StageSummary:
     """Stage 3: one latent-variable probe per (checkpoint, layer, attribute, language), then
-    greedy selection of the k most informative neurons on dev (Wang et al. 2024, Eq. 1-4).
-
-    ``selections.parquet`` has per probe the selected neurons and normalised MI / accuracy
-    on dev and test with the k neurons (``dev_mi`` ...) and with all d dimensions on
-    (``dev_mi_all`` ...; off the latent probe's training distribution, see
-    :mod:`xalign.probe`). With ``probe.retrain`` it also has ``*_subset_retrained`` and
-    ``*_all_retrained``: plain L2 probes retrained on the k neurons and on all d
-    (:func:`xalign.selection.retrained_mi`), the reference to compare k against all d.
-
-    The unit of work and of reuse is one (checkpoint, language): its probes for every kept
-    attribute and extracted layer, written to ``probing/parts/<checkpoint>/<lang>.*.parquet``
-    and reused while its vectors file, its labels and the probe params are unchanged.
-    ``probe.attributes`` are probed at every extracted layer of every checkpoint;
-    ``probe.sweep_attributes`` (the paper's eleven for Figure 2 and Appendix B) additionally
-    at the sweep layers (``extraction.sweep_layers``) of the last checkpoint only, so the
-    series (Figures 1, 3-5, Table 1) keeps ``probe.attributes`` alone.
+    greedy selection of the k most informative neurons on dev (Wang et al. 2024, Eq. 1-4);
+    :mod:`xalign.stages.probing`.
 
     Raises:
         ValueError: ``probe.k`` larger than a checkpoint's hidden size.
         ArtefactError: a vectors file whose hidden size disagrees with its metadata or with
             the checkpoint's other files.
     """
-    from .probe import ProbeConfig
-
-    st = _start(P, "probing")
-    s, run_dir, pp = st.s, st.run_dir, P.probe
-    cfg = ProbeConfig(lr=pp.lr, weight_decay=pp.weight_decay, max_epochs=pp.max_epochs, patience=pp.patience,
-                      batch_size=pp.batch_size, mc_samples=pp.mc_samples, entropy_scale=pp.entropy_scale,
-                      held_out_fraction=pp.held_out_fraction, restore=pp.restore, seed=P.seed)
-    labels = read_table(run_dir / "data" / "labels.parquet")
-    summary = read_table(run_dir / "data" / "summary.parquet")
-    sweep_attrs = _sweep_attributes(P)  # probed on the last checkpoint's sweep layers only
-    kept = summary[(summary.status == "kept") & summary.attribute.isin([*pp.attributes, *sweep_attrs])
-                   & summary.language.isin(P.data.languages)]
-    ckpts = _checkpoints(run_dir)
-    last_name = ckpts[-1]["name"] if ckpts else None
-    jobs = []
-    for c in ckpts:
-        kept_c = kept if c["name"] == last_name else kept[kept.attribute.isin(pp.attributes)]
-        for lang in sorted(kept_c.language.unique()):
-            f = _vectors_path(run_dir, c["name"], lang)
-            if not f.is_file():
-                s.skipped.append(f"{c['name']}/{lang}: no vectors")
-                continue
-            jobs.append((c, lang, f))
-    sel_parts, path_parts, part_idents = [], [], {}
-    d_of: dict[str, int] = {}
-    for c, lang, f in progress(jobs, desc="probing", total=len(jobs)):
-        kept_l = kept[kept.language == lang]
-        attrs = sorted(kept_l[kept_l.attribute.isin(pp.attributes)].attribute)
-        extra = sorted(kept_l[kept_l.attribute.isin(sweep_attrs)].attribute) if c["name"] == last_name else []
-        lab = labels[(labels.language == lang) & labels.attribute.isin(attrs + extra)]
-        config = {**_cfg(pp, {"attributes", "sweep_attributes"}), "attributes": attrs, "seed": P.seed,
-                  "checkpoint": c["name"], "language": lang}
-        if extra:  # absent otherwise, so units without a sweep keep their identity
-            config.update(sweep_attributes=extra, sweep_layers=P.extraction.sweep_layers)
-        inputs = {"vectors": st.m.sha256(f), "labels": content_sha256(lab.reset_index(drop=True))}
-        ident = identity("probing", config, inputs)
-        base = run_dir / "probing" / "parts" / c["name"] / lang
-        f_sel, f_path = base.with_name(f"{lang}.selections.parquet"), base.with_name(f"{lang}.paths.parquet")
-        part_idents[f"{c['name']}/{lang}"] = ident
-        if st.current(f_sel, ident) and st.current(f_path, ident):
-            sel, paths = read_table(f_sel), read_table(f_path)
-            s.reused += len(sel)
-        else:
-            tensors = LazyTensors(f)  # one layer in memory at a time
-            meta = tensors.metadata
-            d = _check_vectors(f, tensors.shapes, meta, d_of.get(c["name"]))
-            if pp.k > d:
-                raise ValueError(f"probe.k={pp.k} exceeds the hidden size d={d} of {c['name']} ({f})")
-            sweep_in = _sweep_layers_in(P, meta["layers"])
-            sel, paths = _probe_unit(P, cfg, c, lang, sorted(attrs + extra), lab, tensors, meta, d, s.skipped,
-                                     layers_of={a: sweep_in for a in extra})
-            write_table(sel, f_sel)
-            write_table(paths, f_path)
-            st.record(f_sel, ident, config, inputs)
-            st.record(f_path, ident, config, inputs)
-            s.computed += len(sel)
-        if len(sel):
-            d_of.setdefault(c["name"], int(sel.d.iloc[0]))
-            if int(sel.d.iloc[0]) != d_of[c["name"]]:
-                raise ArtefactError(f"{f_sel}: hidden size {int(sel.d.iloc[0])} differs from {d_of[c['name']]} "
-                                    f"in {c['name']}'s other probes (re-run extraction and probing)")
-        sel_parts.append(sel)
-        path_parts.append(paths)
-    sel = pd.concat([p for p in sel_parts if len(p)], ignore_index=True) if any(len(p) for p in sel_parts) \
-        else pd.DataFrame()
-    paths = pd.concat([p for p in path_parts if len(p)], ignore_index=True) if any(len(p) for p in path_parts) \
-        else pd.DataFrame()
-    agg = identity("probing.all", {"parts": sorted(part_idents)}, part_idents)
-    for df, name in ((sel, "selections"), (paths, "paths")):
-        dest = run_dir / "probing" / f"{name}.parquet"
-        write_table(df, dest)
-        st.record(dest, agg, None, part_idents)
-    s.tables["selections"] = sel
-    return _finish(st)
+    return run_stage(P, "probing", STAGES)
 
 
 # ----------------------------------------------------------------------------- stage 4

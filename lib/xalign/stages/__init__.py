@@ -2,7 +2,7 @@
 ``plan(ctx)`` (its units, in waves) and ``gather(ctx, summary, units)`` (its tables, read
 from disk); :func:`xalign.pipeline.run_stage` runs them.
 
-Stages 0-3 and 5 still run their own loops in :mod:`xalign.runs` (being moved here); until
+Stages 0, 2 and 5 still run their own loops in :mod:`xalign.runs` (being moved here); until
 they are, they appear in :data:`STAGES` as :class:`_NotYetDeclared`, whose currency the
 scheduler cannot check (their runners check their own artefacts).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from . import correlation, figures, overlap
+from . import correlation, data_prep, figures, overlap, probing
 
 
 class _NotYetDeclared:
@@ -31,9 +31,9 @@ class _NotYetDeclared:
 
 STAGES = {
     "pretrain": _NotYetDeclared("pretrain", "00_pretrain"),
-    "data_prep": _NotYetDeclared("data_prep", "01_data_prep"),
+    "data_prep": data_prep,
     "extraction": _NotYetDeclared("extraction", "02_extraction"),
-    "probing": _NotYetDeclared("probing", "03_probing"),
+    "probing": probing,
     "overlap": overlap,
     "transfer": _NotYetDeclared("transfer", "05_finetuning"),
     "correlation": correlation,
