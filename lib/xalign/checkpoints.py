@@ -95,6 +95,100 @@ def _sort_key(c: Checkpoint) -> tuple:
     return (c.step is None, c.step if c.step is not None else 0, c.name)
 
 
+def _lab_series(run_dir: str | Path | None) -> list[Checkpoint]:
+    """The ``step-*`` folders with a ``config.json`` in ``<run_dir>/checkpoints``
+    (:func:`xalign.lab.pretrain`), by step.
+
+    Raises:
+        CheckpointError: no ``run_dir``, or no such folder.
+    """
+    if run_dir is None:
+        raise CheckpointError("checkpoints: source 'lab' needs run_dir")
+    root = Path(run_dir) / "checkpoints"
+    found = [Checkpoint(p.name, step_from_name(p.name), "lab", str(p))
+             for p in sorted(root.glob("step-*")) if (p / "config.json").is_file()]
+    if not found:
+        raise CheckpointError(f"{root}: no step-* checkpoints (run stage 0, the lab, first)")
+    return sorted(found, key=_sort_key)
+
+
+def _local_series(local_dir: str | Path | None, revisions: list[str] | None,
+                  tokenizer_repo: str | None) -> list[Checkpoint]:
+    """The subfolders of ``local_dir`` with a ``config.json`` (only ``revisions`` if given), by step.
+
+    Raises:
+        CheckpointError: no ``local_dir``, it does not exist, a requested revision is not in
+            it, or it has no such subfolder.
+    """
+    if local_dir is None:
+        raise CheckpointError("checkpoints: source 'local' needs local_dir")
+    root = Path(local_dir)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: checkpoints.local_dir does not exist")
+    dirs = {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()}
+    if revisions is not None:
+        missing = [r for r in revisions if r not in dirs]
+        if missing:
+            raise CheckpointError(f"{root}: revisions {missing} not found (have {sorted(dirs)})")
+        dirs = {r: dirs[r] for r in revisions}
+    if not dirs:
+        raise CheckpointError(f"{root}: no subfolder with a config.json")
+    tok = tokenizer_repo
+    return sorted((Checkpoint(n, step_from_name(n), "local", str(p), tokenizer_location=tok)
+                   for n, p in dirs.items()), key=_sort_key)
+
+
+def _hub_series(repo: str | None, revisions: list[str] | None, tokenizer_repo: str | None,
+                final_repo: str | None) -> list[Checkpoint]:
+    """``repo`` at each of ``revisions`` (default: its branches, from the network), by step,
+    then ``final_repo``'s model as the checkpoint :data:`FINAL`.
+
+    Raises:
+        CheckpointError: no ``repo``, the Hub unreachable while listing branches, or a
+            checkpoint name given twice.
+    """
+    if not repo:
+        raise CheckpointError("checkpoints: source 'hub' needs repo")
+    revs = list(revisions) if revisions is not None else _hub_branches(repo)
+    series = sorted((Checkpoint(r, step_from_name(r), "hub", repo, revision=r,
+                                tokenizer_location=tokenizer_repo) for r in revs), key=_sort_key)
+    if final_repo:
+        series.append(Checkpoint(FINAL, None, "hub", final_repo, revision="main",
+                                 tokenizer_location=tokenizer_repo))
+    names = [c.name for c in series]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CheckpointError(f"hub {repo}: checkpoint name(s) {twice} given twice "
+                              f"(checkpoints.revisions; '{FINAL}' is the final_repo model)")
+    return series
+
+
+def _gguf_series(repo: str | None, tokenizer_repo: str | None, local_dir: str | Path | None,
+                 gguf_file: str | None, gguf_package: str | None) -> list[Checkpoint]:
+    """The one checkpoint of a GGUF file: ``gguf_file`` in ``local_dir`` (checked to exist)
+    or in ``repo``, or the file a ``gguf_package`` assembles (:func:`gguf_from_package`).
+
+    Raises:
+        CheckpointError: both a package and a file, no file, no place, a missing local
+            file, or a package that fails.
+    """
+    if gguf_package is not None:
+        if gguf_file is not None or local_dir is not None:
+            raise CheckpointError("checkpoints: give either gguf_package or gguf_file (+ local_dir/repo), not both")
+        path = gguf_from_package(gguf_package)
+        gguf_file, local_dir = path.name, path.parent
+    if not gguf_file:
+        raise CheckpointError("checkpoints: source 'gguf' needs gguf_file")
+    where = str(local_dir) if local_dir is not None else repo
+    if where is None:
+        raise CheckpointError("checkpoints: source 'gguf' needs local_dir or repo")
+    if local_dir is not None and not (Path(local_dir) / gguf_file).is_file():
+        raise CheckpointError(f"{Path(local_dir) / gguf_file}: GGUF file not found")
+    name = Path(gguf_file).name.removesuffix(".gguf")
+    return [Checkpoint(name, step_from_name(name), "gguf", where, gguf_file=gguf_file,
+                       tokenizer_location=tokenizer_repo)]
+
+
 def list_checkpoints(
     source: str,
     *,
@@ -141,62 +235,12 @@ def list_checkpoints(
     if gguf_package is not None and source != "gguf":
         raise CheckpointError(f"checkpoints.gguf_package: only for source 'gguf' (source is '{source}')")
     if source == "lab":
-        if run_dir is None:
-            raise CheckpointError("checkpoints: source 'lab' needs run_dir")
-        root = Path(run_dir) / "checkpoints"
-        found = [Checkpoint(p.name, step_from_name(p.name), "lab", str(p))
-                 for p in sorted(root.glob("step-*")) if (p / "config.json").is_file()]
-        if not found:
-            raise CheckpointError(f"{root}: no step-* checkpoints (run stage 0, the lab, first)")
-        return sorted(found, key=_sort_key)
+        return _lab_series(run_dir)
     if source == "local":
-        if local_dir is None:
-            raise CheckpointError("checkpoints: source 'local' needs local_dir")
-        root = Path(local_dir)
-        if not root.is_dir():
-            raise CheckpointError(f"{root}: checkpoints.local_dir does not exist")
-        dirs = {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()}
-        if revisions is not None:
-            missing = [r for r in revisions if r not in dirs]
-            if missing:
-                raise CheckpointError(f"{root}: revisions {missing} not found (have {sorted(dirs)})")
-            dirs = {r: dirs[r] for r in revisions}
-        if not dirs:
-            raise CheckpointError(f"{root}: no subfolder with a config.json")
-        tok = tokenizer_repo
-        return sorted((Checkpoint(n, step_from_name(n), "local", str(p), tokenizer_location=tok)
-                       for n, p in dirs.items()), key=_sort_key)
+        return _local_series(local_dir, revisions, tokenizer_repo)
     if source == "hub":
-        if not repo:
-            raise CheckpointError("checkpoints: source 'hub' needs repo")
-        revs = list(revisions) if revisions is not None else _hub_branches(repo)
-        series = sorted((Checkpoint(r, step_from_name(r), "hub", repo, revision=r,
-                                    tokenizer_location=tokenizer_repo) for r in revs), key=_sort_key)
-        if final_repo:
-            series.append(Checkpoint(FINAL, None, "hub", final_repo, revision="main",
-                                     tokenizer_location=tokenizer_repo))
-        names = [c.name for c in series]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise CheckpointError(f"hub {repo}: checkpoint name(s) {twice} given twice "
-                                  f"(checkpoints.revisions; '{FINAL}' is the final_repo model)")
-        return series
-    # gguf
-    if gguf_package is not None:
-        if gguf_file is not None or local_dir is not None:
-            raise CheckpointError("checkpoints: give either gguf_package or gguf_file (+ local_dir/repo), not both")
-        path = gguf_from_package(gguf_package)
-        gguf_file, local_dir = path.name, path.parent
-    if not gguf_file:
-        raise CheckpointError("checkpoints: source 'gguf' needs gguf_file")
-    where = str(local_dir) if local_dir is not None else repo
-    if where is None:
-        raise CheckpointError("checkpoints: source 'gguf' needs local_dir or repo")
-    if local_dir is not None and not (Path(local_dir) / gguf_file).is_file():
-        raise CheckpointError(f"{Path(local_dir) / gguf_file}: GGUF file not found")
-    name = Path(gguf_file).name.removesuffix(".gguf")
-    return [Checkpoint(name, step_from_name(name), "gguf", where, gguf_file=gguf_file,
-                       tokenizer_location=tokenizer_repo)]
+        return _hub_series(repo, revisions, tokenizer_repo, final_repo)
+    return _gguf_series(repo, tokenizer_repo, local_dir, gguf_file, gguf_package)
 
 
 def gguf_from_package(package: str) -> Path:

@@ -474,6 +474,176 @@ def _pad_id(tokenizer) -> int:
 # extraction
 # ---------------------------------------------------------------------------------------
 
+@dataclass
+class _Plan:
+    """Which sentences :func:`extract_word_vectors` runs and where their words' rows go.
+
+    Attributes:
+        kept: indices of the sentences extracted (non-empty, at most the token limit).
+        n_skipped: non-empty sentences over the limit. n_fallback: kept ``sentence``-mode
+            sentences encoded ``per_word`` (:func:`_encode_sentence`).
+        n_words_total: words in all sentences. n_kept_words: words in the kept ones.
+        word_index: ``(n_kept_words,)`` int64, the kept words' flat indices, ascending.
+        tok_t, wid_t: per kept sentence, ``(T,)`` int64 token ids and per token its word
+            (-1: special token).
+        row0: per kept sentence, the output row of its first word.
+    """
+
+    kept: list[int]
+    n_skipped: int
+    n_fallback: int
+    n_words_total: int
+    n_kept_words: int
+    word_index: torch.Tensor
+    tok_t: dict[int, torch.Tensor]
+    wid_t: dict[int, torch.Tensor]
+    row0: dict[int, int]
+
+
+def _plan(sentences: Sequence[Sequence[str]], encoded, limit: int) -> _Plan:
+    """Keep the non-empty sentences of at most ``limit`` tokens and number their words.
+
+    Args:
+        sentences: word forms per sentence. encoded: :func:`_encode`'s
+            ``(ids, word_ids, fallback)`` per sentence. limit: the most tokens kept.
+    """
+    word_start, pos = [], 0
+    for s in sentences:
+        word_start.append(pos)
+        pos += len(s)
+    kept = [i for i, (ids, _, _) in enumerate(encoded) if len(sentences[i]) and len(ids) <= limit]
+    n_skipped = sum(1 for i, (ids, _, _) in enumerate(encoded) if len(sentences[i]) and len(ids) > limit)
+    n_fallback = sum(1 for i in kept if encoded[i][2])
+    word_index = torch.tensor([word_start[i] + j for i in kept for j in range(len(sentences[i]))], dtype=torch.long)
+
+    # per kept sentence: token ids, its first output row, and per token its word (-1: special)
+    tok_t, wid_t, row0, r = {}, {}, {}, 0
+    for i in kept:
+        ids, wids, _ = encoded[i]
+        tok_t[i] = torch.tensor(ids, dtype=torch.long)
+        wid_t[i] = torch.tensor(wids, dtype=torch.long)
+        row0[i] = r
+        r += len(sentences[i])
+    return _Plan(kept, n_skipped, n_fallback, pos, r, word_index, tok_t, wid_t, row0)
+
+
+def _output(sink: VectorSink | None, n_words: int, d: int, layers: list[int]):
+    """Where pooled vectors go: ``(out, emit)``; ``emit(layer, start, block)`` writes rows
+    ``start ..`` of layer ℓ's ``(n_words, d)`` float32 matrix, into ``out`` (in memory) or,
+    with a ``sink``, to the sink (``out`` then stays empty; the sink is opened here)."""
+    if sink is None:
+        out = {l: torch.empty(n_words, d, dtype=torch.float32) for l in layers}
+
+        def emit(l: int, start: int, block: torch.Tensor) -> None:
+            out[l][start:start + len(block)] = block
+        return out, emit
+    sink.open(n_words, d, layers)
+    return {}, sink.write
+
+
+def _batch_layout(batch: list[int], sentences, plan: _Plan, pad: int):
+    """Right-padded inputs of one batch and, per real token, its word among the batch's words.
+
+    Returns:
+        ``(loc0, n_loc, ids, mask, at, tgt, counts)``: ``loc0[j]`` the first local row of
+        sentence ``batch[j]`` (the batch's words, sentence after sentence; ``n_loc`` in
+        all), ``ids``/``mask`` ``(B, T)`` int64, ``at`` the flat ``(B*T)`` positions of the
+        word tokens, ``tgt`` their local rows, ``counts`` ``(n_loc,)`` float32 subwords per word.
+
+    Raises:
+        RuntimeError: a word without a subword (cannot happen after :func:`_encode`).
+    """
+    # local rows: the batch's words, sentence after sentence
+    loc0, n_loc = [], 0
+    for i in batch:
+        loc0.append(n_loc)
+        n_loc += len(sentences[i])
+    ids = torch.nn.utils.rnn.pad_sequence([plan.tok_t[i] for i in batch], batch_first=True, padding_value=pad)
+    rows = torch.nn.utils.rnn.pad_sequence(
+        [torch.where(plan.wid_t[i] >= 0, plan.wid_t[i] + o, -1) for i, o in zip(batch, loc0)],
+        batch_first=True, padding_value=-1)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(plan.tok_t[i]) for i in batch], batch_first=True)
+    flat = rows.view(-1)
+    at = (flat >= 0).nonzero().squeeze(1)
+    tgt = flat[at]
+    counts = torch.zeros(n_loc, dtype=torch.float32).index_add_(0, tgt, torch.ones(len(tgt)))
+    if n_loc and counts.min() < 1:  # guaranteed by words_to_subwords; guard anyway
+        raise RuntimeError("internal: a kept word received no subword")
+    return loc0, n_loc, ids, mask, at, tgt, counts
+
+
+def _mean_pool(h: torch.Tensor, at_dev: torch.Tensor, tgt: torch.Tensor, counts: torch.Tensor, d: int):
+    """``(n_loc, d)`` float32 CPU word vectors: the mean of each word's subword states.
+
+    ``h`` is one layer's ``(B, T, d)`` hidden states, ``at_dev`` the flat positions of the
+    word tokens (on ``h``'s device), ``tgt`` their words, ``counts`` ``(n_loc,)`` the
+    subwords per word (:func:`_batch_layout`). One ``index_add_`` for all words.
+    """
+    h = h.reshape(-1, h.shape[-1]).index_select(0, at_dev).float().cpu()
+    return torch.zeros(len(counts), d, dtype=torch.float32).index_add_(0, tgt, h).div_(counts[:, None])
+
+
+def _check_finite(mean: torch.Tensor, l: int, batch: list[int], loc0: list[int]) -> None:
+    """Raise if layer ℓ's ``(n_loc, d)`` word vectors of a batch hold NaN/inf.
+
+    Raises:
+        FloatingPointError: names the layer, the number of words hit and the first
+            (sentence index, word index in it).
+    """
+    if not torch.isfinite(mean.sum()):  # one reduction; NaN/inf propagate into the sum
+        bad = (~torch.isfinite(mean)).any(1).nonzero().squeeze(1).tolist()
+        where = [(batch[j], b - loc0[j]) for b in bad for j in [bisect.bisect_right(loc0, b) - 1]]
+        raise FloatingPointError(
+            f"layer {l}: hidden_states[{l - 1}] has NaN/inf values ({len(bad)} words in its batch; "
+            "first: sentence {}, word {})".format(*min(where)))
+
+
+def _checked_blocks(base, n_hs: int, blocks, fkw: dict, shortest: torch.Tensor | None, layers: list[int]):
+    """``blocks`` if the early-stop hooks reproduce ``output_hidden_states`` on ``shortest``
+    (``(1, T)``, or None: nothing to check), else None with a ``RuntimeWarning``."""
+    if blocks is not None and shortest is not None and not _hooks_agree(base, n_hs, blocks, fkw, shortest, layers):
+        # stacklevel 3: the warning names the caller of extract_word_vectors
+        warnings.warn(f"{type(base).__name__}: early-stop hooks disagree with output_hidden_states; "
+                      "extracting with output_hidden_states=True", RuntimeWarning, stacklevel=3)
+        return None
+    return blocks
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """The forward pass of :func:`extract_word_vectors`, with its per-model look-ups done once:
+    ``fwd(ids, mask)`` moves the ``(B, T)`` inputs to ``device`` and returns ``{ℓ: (B, T, d)}``
+    (:func:`_hidden_states`; ``blocks`` None = ``output_hidden_states=True``)."""
+
+    base: torch.nn.Module
+    n_hs: int
+    blocks: torch.nn.ModuleList | None
+    fkw: dict
+    layers: list[int]
+    device: torch.device
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[int, torch.Tensor]:
+        return _hidden_states(self.base, self.n_hs, self.blocks, self.fkw, ids.to(self.device),
+                              mask.to(self.device), self.layers)
+
+
+def _extract_batch(fwd: _Pass, d: int, batch: list[int], sentences, plan: _Plan, pad: int, emit) -> None:
+    """Run one batch of sentences and ``emit`` each sentence's ``(n_words, d)`` float32 word
+    vectors per layer (see :func:`extract_word_vectors`).
+
+    Raises:
+        FloatingPointError: NaN/inf in a word's hidden states (:func:`_check_finite`).
+    """
+    loc0, n_loc, ids, mask, at, tgt, counts = _batch_layout(batch, sentences, plan, pad)
+    hs = fwd(ids, mask)
+    at_dev = at.to(fwd.device)
+    for l in fwd.layers:
+        mean = _mean_pool(hs[l], at_dev, tgt, counts, d)
+        _check_finite(mean, l, batch, loc0)
+        for i, o in zip(batch, loc0):
+            emit(l, plan.row0[i], mean[o:o + len(sentences[i])])
+
+
 def extract_word_vectors(
     model,
     tokenizer,
@@ -532,42 +702,13 @@ def extract_word_vectors(
     layers = check_layers(model, layers)
     n_hs, d = num_hidden_states(model), hidden_size(model)
     encoded = _encode(tokenizer, sentences, mode)
-
-    word_start, pos = [], 0
-    for s in sentences:
-        word_start.append(pos)
-        pos += len(s)
-    n_words_total = pos
-    limit = min(max_length, context_length(model) or max_length)
-    kept = [i for i, (ids, _, _) in enumerate(encoded) if len(sentences[i]) and len(ids) <= limit]
-    n_skipped = sum(1 for i, (ids, _, _) in enumerate(encoded) if len(sentences[i]) and len(ids) > limit)
-    n_fallback = sum(1 for i in kept if encoded[i][2])
-    word_index = torch.tensor([word_start[i] + j for i in kept for j in range(len(sentences[i]))], dtype=torch.long)
-
-    # per kept sentence: token ids, its first output row, and per token its word (-1: special)
-    tok_t, wid_t, row0, r = {}, {}, {}, 0
-    for i in kept:
-        ids, wids, _ = encoded[i]
-        tok_t[i] = torch.tensor(ids, dtype=torch.long)
-        wid_t[i] = torch.tensor(wids, dtype=torch.long)
-        row0[i] = r
-        r += len(sentences[i])
-    n_kept_words = r
-
-    if sink is None:
-        out = {l: torch.empty(n_kept_words, d, dtype=torch.float32) for l in layers}
-
-        def emit(l: int, start: int, block: torch.Tensor) -> None:
-            out[l][start:start + len(block)] = block
-    else:
-        out = {}
-        sink.open(n_kept_words, d, layers)
-        emit = sink.write
+    plan = _plan(sentences, encoded, min(max_length, context_length(model) or max_length))
+    out, emit = _output(sink, plan.n_kept_words, d, layers)
 
     base = getattr(model, "base_model", model)
     device = next(model.parameters()).device
     pad = _pad_id(tokenizer)
-    order = sorted(kept, key=lambda i: (-len(tok_t[i]), i))
+    order = sorted(plan.kept, key=lambda i: (-len(plan.tok_t[i]), i))
     batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
     blocks = decoder_blocks(model) if early_stop else None
@@ -576,45 +717,14 @@ def extract_word_vectors(
     base.eval()  # no dropout; the mode is restored below
     try:
         with torch.inference_mode(), amp:
-            shortest = tok_t[order[-1]][None].to(device) if order else None
-            if blocks is not None and shortest is not None and not _hooks_agree(base, n_hs, blocks, fkw, shortest,
-                                                                                 layers):
-                warnings.warn(f"{type(base).__name__}: early-stop hooks disagree with output_hidden_states; "
-                              "extracting with output_hidden_states=True", RuntimeWarning, stacklevel=2)
-                blocks = None
+            shortest = plan.tok_t[order[-1]][None].to(device) if order else None
+            blocks = _checked_blocks(base, n_hs, blocks, fkw, shortest, layers)
+            fwd = _Pass(base, n_hs, blocks, fkw, layers, device)
             for batch in progress(batches, desc="extract", total=len(batches)):
-                # local rows: the batch's words, sentence after sentence
-                loc0, n_loc = [], 0
-                for i in batch:
-                    loc0.append(n_loc)
-                    n_loc += len(sentences[i])
-                ids = torch.nn.utils.rnn.pad_sequence([tok_t[i] for i in batch], batch_first=True, padding_value=pad)
-                rows = torch.nn.utils.rnn.pad_sequence(
-                    [torch.where(wid_t[i] >= 0, wid_t[i] + o, -1) for i, o in zip(batch, loc0)],
-                    batch_first=True, padding_value=-1)
-                mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(tok_t[i]) for i in batch], batch_first=True)
-                flat = rows.view(-1)
-                at = (flat >= 0).nonzero().squeeze(1)
-                tgt = flat[at]
-                counts = torch.zeros(n_loc, dtype=torch.float32).index_add_(0, tgt, torch.ones(len(tgt)))
-                if n_loc and counts.min() < 1:  # guaranteed by words_to_subwords; guard anyway
-                    raise RuntimeError("internal: a kept word received no subword")
-                hs = _hidden_states(base, n_hs, blocks, fkw, ids.to(device), mask.to(device), layers)
-                at_dev = at.to(device)
-                for l in layers:
-                    h = hs[l].reshape(-1, hs[l].shape[-1]).index_select(0, at_dev).float().cpu()
-                    mean = torch.zeros(n_loc, d, dtype=torch.float32).index_add_(0, tgt, h).div_(counts[:, None])
-                    if not torch.isfinite(mean.sum()):  # one reduction; NaN/inf propagate into the sum
-                        bad = (~torch.isfinite(mean)).any(1).nonzero().squeeze(1).tolist()
-                        where = [(batch[j], b - loc0[j]) for b in bad for j in [bisect.bisect_right(loc0, b) - 1]]
-                        raise FloatingPointError(
-                            f"layer {l}: hidden_states[{l - 1}] has NaN/inf values ({len(bad)} words in its batch; "
-                            "first: sentence {}, word {})".format(*min(where)))
-                    for i, o in zip(batch, loc0):
-                        emit(l, row0[i], mean[o:o + len(sentences[i])])
+                _extract_batch(fwd, d, batch, sentences, plan, pad, emit)
     finally:
         base.train(was_training)
     n_blocks = (layers[-1] - 1 if layers[-1] < n_hs else n_hs - 1) if blocks is not None else n_hs - 1
-    return Extracted(vectors=out, word_index=word_index, n_sentences_skipped=n_skipped,
-                     n_words_total=n_words_total, n_sentences_per_word_fallback=n_fallback,
+    return Extracted(vectors=out, word_index=plan.word_index, n_sentences_skipped=plan.n_skipped,
+                     n_words_total=plan.n_words_total, n_sentences_per_word_fallback=plan.n_fallback,
                      n_blocks_run=n_blocks)

@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -338,6 +339,221 @@ def _save_checkpoint(model, tokenizer, dest: Path, state: dict) -> Path:
     return dest
 
 
+def _check_pretrain_args(tokenizer, steps: list[int], vocab_size: int, hidden_size: int, n_head: int) -> None:
+    """Reject arguments :func:`pretrain` cannot train with, before any work is done.
+
+    Raises:
+        ValueError: ``steps`` not strictly increasing positive ints, ``hidden_size % n_head
+            != 0``, a tokenizer larger than ``vocab_size``, or one without eos/pad tokens.
+    """
+    if not steps or steps[0] < 1 or any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"checkpoint_steps: must be strictly increasing positive ints, got {steps}")
+    if hidden_size % n_head:
+        raise ValueError(f"hidden_size: {hidden_size} is not divisible by n_head={n_head}")
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"vocab_size: tokenizer has {len(tokenizer)} tokens, more than vocab_size={vocab_size}")
+    if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer: needs eos and pad tokens (use lab.train_tokenizer)")
+
+
+def _split_blocks(texts: Sequence[str], tokenizer, seq_len: int, batch_size: int, n_eval_blocks: int,
+                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Pack the text (:func:`pack_blocks`), shuffle the blocks with ``gen`` and hold some out.
+
+    Returns:
+        ``(eval_blocks, train_blocks, n_eval)``: ``(n_eval, seq_len)`` and ``(n_train,
+        seq_len)`` int64 token ids, ``n_eval = min(n_eval_blocks, n_blocks // 10)``.
+
+    Raises:
+        ValueError: fewer training blocks than ``batch_size`` (or less than one block).
+    """
+    blocks = pack_blocks(texts, tokenizer, seq_len)
+    blocks = blocks[torch.randperm(len(blocks), generator=gen)]
+    n_eval = min(n_eval_blocks, len(blocks) // 10)
+    eval_blocks, train_blocks = blocks[:n_eval], blocks[n_eval:]
+    if len(train_blocks) < batch_size:
+        raise ValueError(f"texts: {len(train_blocks)} training blocks of {seq_len} tokens, "
+                         f"fewer than batch_size={batch_size}")
+    return eval_blocks, train_blocks, n_eval
+
+
+def _new_model(tokenizer, hidden_size: int, n_layer: int, n_head: int, dev: torch.device):
+    """A randomly initialised BLOOM causal LM (``BloomConfig``, eager ALiBi attention, tied
+    embeddings, dropout 0 as BLOOM's default) in training mode on ``dev``; the init draws
+    from the global torch RNG."""
+    from transformers import AutoModelForCausalLM, BloomConfig
+
+    config = BloomConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, n_layer=n_layer, n_head=n_head,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, use_cache=False, tie_word_embeddings=True,
+        hidden_dropout=0.0, attention_dropout=0.0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").to(dev)
+    model.train()
+    return model
+
+
+def _new_optimizer(model, lr: float, warmup_steps: int, last_step: int):
+    """AdamW (betas 0.9/0.95, eps 1e-8, weight decay 0.01 on matrices, none on biases and
+    norms) with linear warmup over ``warmup_steps`` and cosine decay to 10% of ``lr`` at
+    ``last_step`` (transformers' ``get_cosine_with_min_lr_schedule_with_warmup``).
+
+    Returns:
+        ``(optimizer, scheduler)``.
+    """
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    sched = get_cosine_with_min_lr_schedule_with_warmup(
+        opt, num_warmup_steps=warmup_steps, num_training_steps=last_step, min_lr_rate=0.1)
+    return opt, sched
+
+
+@dataclass
+class _Training:
+    """What one :func:`pretrain` call trains and updates step by step.
+
+    Attributes:
+        model, opt, sched, batches: the model, its optimiser and schedule, the data order.
+        train_blocks, eval_blocks: ``(n_train, seq_len)`` / ``(n_eval, seq_len)`` int64 ids.
+        seq_len, n_eval: block length (tokens) and number of held-out blocks, as given.
+        dev: where the model runs. n_params: its parameter count.
+        t0: ``time.perf_counter()`` when the training was set up (s).
+        tokens_seen: training tokens so far; loss_sum, loss_n: sum (nats/token) and count
+            of the step losses since the last checkpoint.
+    """
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    batches: _Batches
+    train_blocks: torch.Tensor
+    eval_blocks: torch.Tensor
+    seq_len: int
+    n_eval: int
+    dev: torch.device
+    n_params: int
+    t0: float
+    tokens_seen: int = 0
+    loss_sum: float = 0.0
+    loss_n: int = 0
+
+
+def _set_up(texts, tokenizer, dev: torch.device, seed: int, *, hidden_size: int, n_layer: int, n_head: int,
+            seq_len: int, batch_size: int, lr: float, warmup_steps: int, last_step: int,
+            n_eval_blocks: int) -> _Training:
+    """Blocks, held-out split, model, optimiser and data order of a run from step 0.
+
+    Call after ``torch.manual_seed(seed)`` in a forked RNG: the model init draws from the
+    global RNG, the block shuffle and the data order from a generator seeded with ``seed``.
+
+    Raises:
+        ValueError: too little text for the held-out split plus one batch.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    eval_blocks, train_blocks, n_eval = _split_blocks(texts, tokenizer, seq_len, batch_size, n_eval_blocks, gen)
+    model = _new_model(tokenizer, hidden_size, n_layer, n_head, dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt, sched = _new_optimizer(model, lr, warmup_steps, last_step)
+    batches = _Batches(len(train_blocks), batch_size, gen)
+    return _Training(model, opt, sched, batches, train_blocks, eval_blocks, seq_len, n_eval, dev, n_params,
+                     time.perf_counter())
+
+
+def _resume_training(tr: _Training, resumed: dict, out_dir: Path) -> int:
+    """Load the resumed checkpoint's weights and the optimiser, schedule, data-order and RNG
+    state of ``resumed`` (from :func:`_load_resume_state`) into ``tr``.
+
+    Returns:
+        The step of that checkpoint (training continues after it).
+
+    Raises:
+        RuntimeError: its weights do not fit the model.
+    """
+    from safetensors.torch import load_file
+
+    done = resumed["step"]
+    weights = load_file(str(out_dir / checkpoint_name(done) / "model.safetensors"))
+    missing, unexpected = tr.model.load_state_dict(weights, strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:  # lm_head is tied
+        raise RuntimeError(f"pretrain: {checkpoint_name(done)} does not fit the model "
+                           f"(missing {missing}, unexpected {unexpected})")
+    tr.opt.load_state_dict(resumed["optimizer"])
+    tr.sched.load_state_dict(resumed["scheduler"])
+    tr.batches.load_state_dict(resumed["batches"])
+    torch.set_rng_state(resumed["rng"])
+    tr.tokens_seen = resumed["tokens_seen"]
+    log.info("pretrain: resuming after %s", checkpoint_name(done))
+    return done
+
+
+def _train_step(tr: _Training, step: int) -> float:
+    """One optimiser step on the next batch: next-token cross-entropy, backward, gradient
+    norm clipped to 1.0, AdamW and schedule step.
+
+    Returns:
+        The batch's loss (nats/token), also added to ``tr.loss_sum``.
+
+    Raises:
+        FloatingPointError: the loss is NaN/inf (names the step).
+    """
+    x = tr.train_blocks[next(tr.batches)].to(tr.dev)
+    loss = tr.model(input_ids=x, labels=x).loss
+    if not torch.isfinite(loss.detach()):
+        raise FloatingPointError(f"pretrain: loss is {loss.item()} at step {step} (lower lr?)")
+    tr.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(tr.model.parameters(), 1.0)
+    tr.opt.step()
+    tr.sched.step()
+    loss_val = loss.detach().item()
+    tr.tokens_seen += x.numel()
+    tr.loss_sum += loss_val
+    tr.loss_n += 1
+    return loss_val
+
+
+def _training_state(tr: _Training, step: int, loss_val: float, seed: int) -> dict:
+    """The ``training_state.json`` of the checkpoint at ``step`` (losses in nats/token,
+    ``eval_loss`` over the held-out blocks or None without any, ``elapsed_s`` in s)."""
+    state = {
+        "step": step, "loss": tr.loss_sum / tr.loss_n, "last_step_loss": loss_val,
+        "eval_loss": _mean_loss(tr.model, tr.eval_blocks, tr.batches.batch_size, tr.dev) if tr.n_eval else None,
+        "lr": tr.sched.get_last_lr()[0], "tokens_seen": tr.tokens_seen, "seed": seed,
+        "n_params": tr.n_params, "n_train_blocks": len(tr.train_blocks),
+        "n_eval_blocks": tr.n_eval, "seq_len": tr.seq_len, "batch_size": tr.batches.batch_size,
+        "elapsed_s": round(time.perf_counter() - tr.t0, 2),
+        "threads": torch.get_num_threads(), "device": str(tr.dev)}
+    if math.isfinite(state["loss"]):
+        state["loss"] = round(state["loss"], 6)
+    return state
+
+
+def _save_step(tr: _Training, tokenizer, out_dir: Path, state: dict, fingerprint: str, last_step: int) -> Path:
+    """Save the checkpoint of ``state["step"]`` (:func:`_save_checkpoint`), restart the loss
+    average, and write the resume state (or remove it after the last step).
+
+    Returns:
+        The checkpoint folder.
+    """
+    step = state["step"]
+    folder = _save_checkpoint(tr.model, tokenizer, out_dir / checkpoint_name(step), state)
+    tr.loss_sum, tr.loss_n = 0.0, 0
+    if step < last_step:
+        _save_resume_state(out_dir, {
+            "step": step, "fingerprint": fingerprint, "weights_sha256": _weights_sha256(folder),
+            "optimizer": tr.opt.state_dict(), "scheduler": tr.sched.state_dict(),
+            "batches": tr.batches.state_dict(), "rng": torch.get_rng_state(),
+            "tokens_seen": tr.tokens_seen})
+    else:
+        (out_dir / RESUME_STATE).unlink(missing_ok=True)
+    return folder
+
+
 def pretrain(
     texts: Sequence[str],
     tokenizer,
@@ -411,18 +627,8 @@ def pretrain(
             than ``vocab_size`` or without eos/pad, or too little text for the held-out
             split plus one batch.
     """
-    from transformers import AutoModelForCausalLM, BloomConfig
-    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
-
     steps = list(checkpoint_steps)
-    if not steps or steps[0] < 1 or any(b <= a for a, b in zip(steps, steps[1:])):
-        raise ValueError(f"checkpoint_steps: must be strictly increasing positive ints, got {steps}")
-    if hidden_size % n_head:
-        raise ValueError(f"hidden_size: {hidden_size} is not divisible by n_head={n_head}")
-    if len(tokenizer) > vocab_size:
-        raise ValueError(f"vocab_size: tokenizer has {len(tokenizer)} tokens, more than vocab_size={vocab_size}")
-    if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
-        raise ValueError("tokenizer: needs eos and pad tokens (use lab.train_tokenizer)")
+    _check_pretrain_args(tokenizer, steps, vocab_size, hidden_size, n_head)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -438,88 +644,24 @@ def pretrain(
     try:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(seed)
-            blocks = pack_blocks(texts, tokenizer, seq_len)
-            gen = torch.Generator().manual_seed(seed)
-            blocks = blocks[torch.randperm(len(blocks), generator=gen)]
-            n_eval = min(n_eval_blocks, len(blocks) // 10)
-            eval_blocks, train_blocks = blocks[:n_eval], blocks[n_eval:]
-            if len(train_blocks) < batch_size:
-                raise ValueError(f"texts: {len(train_blocks)} training blocks of {seq_len} tokens, "
-                                 f"fewer than batch_size={batch_size}")
-            config = BloomConfig(
-                vocab_size=len(tokenizer), hidden_size=hidden_size, n_layer=n_layer, n_head=n_head,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, use_cache=False, tie_word_embeddings=True,
-                hidden_dropout=0.0, attention_dropout=0.0)
-            model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").to(dev)
-            model.train()
-            n_params = sum(p.numel() for p in model.parameters())
-            decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-            no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-            opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                                     {"params": no_decay, "weight_decay": 0.0}],
-                                    lr=lr, betas=(0.9, 0.95), eps=1e-8)
-            sched = get_cosine_with_min_lr_schedule_with_warmup(
-                opt, num_warmup_steps=warmup_steps, num_training_steps=steps[-1], min_lr_rate=0.1)
-            batches = _Batches(len(train_blocks), batch_size, gen)
+            tr = _set_up(texts, tokenizer, dev, seed, hidden_size=hidden_size, n_layer=n_layer, n_head=n_head,
+                         seq_len=seq_len, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                         last_step=steps[-1], n_eval_blocks=n_eval_blocks)
             saved: list[Path] = []
-            t0, loss_sum, loss_n, tokens_seen = time.perf_counter(), 0.0, 0, 0
             first = 1
             if resumed is not None:
-                from safetensors.torch import load_file
-
-                done = resumed["step"]
-                weights = load_file(str(out_dir / checkpoint_name(done) / "model.safetensors"))
-                missing, unexpected = model.load_state_dict(weights, strict=False)
-                if unexpected or [k for k in missing if "lm_head" not in k]:  # lm_head is tied
-                    raise RuntimeError(f"pretrain: {checkpoint_name(done)} does not fit the model "
-                                       f"(missing {missing}, unexpected {unexpected})")
-                opt.load_state_dict(resumed["optimizer"])
-                sched.load_state_dict(resumed["scheduler"])
-                batches.load_state_dict(resumed["batches"])
-                torch.set_rng_state(resumed["rng"])
-                tokens_seen, first = resumed["tokens_seen"], done + 1
+                done = _resume_training(tr, resumed, out_dir)
+                first = done + 1
                 saved = [out_dir / checkpoint_name(x) for x in steps if x <= done]
-                log.info("pretrain: resuming after %s", checkpoint_name(done))
             bar = progress(range(first, steps[-1] + 1), desc="pretrain", total=steps[-1] - first + 1)
             for step in bar:
-                x = train_blocks[next(batches)].to(dev)
-                loss = model(input_ids=x, labels=x).loss
-                if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(f"pretrain: loss is {loss.item()} at step {step} (lower lr?)")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                loss_val = loss.detach().item()
-                tokens_seen += x.numel()
-                loss_sum += loss_val
-                loss_n += 1
+                loss_val = _train_step(tr, step)
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{loss_val:.3f}", refresh=False)
                 if step in steps:
-                    state = {
-                        "step": step, "loss": loss_sum / loss_n, "last_step_loss": loss_val,
-                        "eval_loss": _mean_loss(model, eval_blocks, batch_size, dev) if n_eval else None,
-                        "lr": sched.get_last_lr()[0], "tokens_seen": tokens_seen, "seed": seed,
-                        "n_params": n_params, "n_train_blocks": len(train_blocks),
-                        "n_eval_blocks": n_eval, "seq_len": seq_len, "batch_size": batch_size,
-                        "elapsed_s": round(time.perf_counter() - t0, 2),
-                        "threads": torch.get_num_threads(), "device": str(dev)}
-                    if math.isfinite(state["loss"]):
-                        state["loss"] = round(state["loss"], 6)
-                    folder = _save_checkpoint(model, tokenizer, out_dir / checkpoint_name(step), state)
+                    state = _training_state(tr, step, loss_val, seed)
+                    folder = _save_step(tr, tokenizer, out_dir, state, fingerprint, steps[-1])
                     saved.append(folder)
-                    loss_sum, loss_n = 0.0, 0
-                    if step < steps[-1]:
-                        _save_resume_state(out_dir, {
-                            "step": step, "fingerprint": fingerprint, "weights_sha256": _weights_sha256(folder),
-                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "batches": batches.state_dict(), "rng": torch.get_rng_state(),
-                            "tokens_seen": tokens_seen})
-                    else:
-                        (out_dir / RESUME_STATE).unlink(missing_ok=True)
                     if on_checkpoint is not None:
                         on_checkpoint(folder)
             return saved
