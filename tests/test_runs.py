@@ -21,6 +21,8 @@ import torch
 
 from xalign import runs
 from xalign.params import load_params
+from xalign.pipeline import StaleUpstream
+from xalign.pipeline.manifest import Manifest
 from xalign.store import ArtefactError, load_tensors, save_tensors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +115,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(minimal_run: Path, tmp_
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summ = _summaries(done.stdout)
-    assert summ["pretrain"] == (0, 3) and summ["data_prep"] == (0, 4) and summ["extraction"] == (0, 9)
+    assert summ["pretrain"] == (0, 3) and summ["data_prep"] == (0, 4) and summ["extraction"] == (0, 10)
     assert summ["probing"][1] > 0 and summ["transfer"][1] >= 1  # resumed, not restarted
     assert not [p for p in run.rglob("*.tmp")], "a killed run's temporary file was left behind"
 
@@ -152,7 +154,7 @@ def test_a_parameter_change_recomputes_only_what_depends_on_it(run_copy) -> None
     # same params: the papermill run's artefacts are all reused (the run folder can move)
     assert _counts(runs.run_pretrain(P)) == (0, 3)
     assert _counts(runs.run_data_prep(P)) == (0, 4)
-    assert _counts(runs.run_extraction(P)) == (0, 9)
+    assert _counts(runs.run_extraction(P)) == (0, 10)  # 9 vectors files + the series
     n_probes = runs.run_probing(P).reused
     assert n_probes > 0 and _counts(runs.run_overlap(P))[0] == 0
     assert _counts(runs.run_correlation(P))[0] == 0
@@ -160,7 +162,7 @@ def test_a_parameter_change_recomputes_only_what_depends_on_it(run_copy) -> None
 
     # probe.k: probing and overlap recomputed; extraction untouched
     P = params(**{"probe.k": 2})
-    assert _counts(runs.run_extraction(P)) == (0, 9)
+    assert _counts(runs.run_extraction(P)) == (0, 10)  # 9 vectors files + the series
     assert _counts(runs.run_probing(P)) == (n_probes, 0)
     after = pd.read_parquet(run / "probing" / "selections.parquet")
     assert (after.neurons.map(len) == 2).all() and (before.neurons.map(len) == 3).all()
@@ -189,7 +191,7 @@ def test_a_parameter_change_recomputes_only_what_depends_on_it(run_copy) -> None
     fr_surface = pd.read_parquet(run / "data" / "words" / "fr.parquet")
     assert len(fr_surface) < len(fr_words) and (fr_surface.form == "du").any()
     s = runs.run_extraction(P)
-    assert s.computed >= 3 and s.computed + s.reused == 9
+    assert s.computed >= 3 and s.computed + s.reused == 10
     labels = pd.read_parquet(run / "data" / "labels.parquet")
     sents = set(labels[labels.language == "fr"].sent_idx)
     want = sorted(map(tuple, fr_surface[fr_surface.sent_idx.isin(sents)][["sent_idx", "word_idx"]].to_numpy()))
@@ -205,7 +207,7 @@ def test_corrupt_vectors_file_is_extracted_again(run_copy) -> None:
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated
     with pytest.raises(ArtefactError, match=f"{f}: corrupt or truncated"):
         load_tensors(f)
-    assert _counts(runs.run_extraction(params())) == (1, 8)
+    assert _counts(runs.run_extraction(params())) == (1, 9)
     again, _ = load_tensors(f)
     assert all(torch.equal(good[k], again[k]) for k in good)
 
@@ -255,11 +257,24 @@ def test_hidden_size_mismatch_between_vectors_files(run_copy) -> None:
     narrow = {k: (v[:, :32].contiguous() if k.startswith("layer_") else v) for k, v in tensors.items()}
     save_tensors(narrow, f, {**meta, "hidden_size": 32})
     parts = {p: p.stat().st_mtime_ns for p in (run / "probing").rglob("*.parquet")}
+    # edited behind the manifest's back: probing will not read it
+    with pytest.raises(StaleUpstream, match=r"^extraction is not current for these params \(step-000040/fr: "
+                                            r"changed on disk\): run extraction first \(notebook 02_extraction\)$"):
+        runs.run_probing(params())
+
+    def recorded() -> None:  # as if another model's extraction had written it
+        m = Manifest.open(run)
+        e = m.artefacts["vectors/step-000040/fr.safetensors"]
+        m.record(f, e["stage"], e["identity"], e["config"], e["inputs"], unit=e["unit"], code=e["code"],
+                 notes=e["notes"])
+
+    recorded()
     with pytest.raises(ArtefactError) as e:
         runs.run_probing(params())
     assert str(e.value) == (f"{f}: hidden size 32 differs from 64 in the same checkpoint's other vectors "
                             "(artefacts of different models; re-run extraction)")
     save_tensors(narrow, f, meta)  # layers 32 wide, metadata says 64
+    recorded()
     with pytest.raises(ArtefactError, match=r"fr.safetensors: layer_\d has shape \(\d+, 32\), but the file's "
                                             r"hidden_size is 64"):
         runs.run_probing(params())
@@ -279,9 +294,11 @@ def test_sweep_attributes_are_probed_at_the_last_checkpoints_sweep_only(run_copy
     # sweep layers 1 and 3 of the 3 hidden states; the series' layers are 2 and 3
     P = params(**{"probe.sweep_attributes": ["Gender", "Number"], "extraction.sweep_layers": [1, 3]})
     s = runs.run_extraction(P)
-    assert s.computed == 3 and s.reused == 6  # the last checkpoint's vectors only (new sweep)
+    assert s.computed == 3 and s.reused == 7  # the last checkpoint's vectors only (new sweep)
     s = runs.run_probing(P)
-    assert s.reused == n_series and s.computed > 0
+    # the series' parts are reused, and so is en's at the last checkpoint: en keeps no Gender
+    # dataset, and its vectors ([2, 3] + sweep [1, 3] = all 3 layers, as before) are byte-identical
+    assert s.reused == n_series + 1 and s.computed == 3  # es, fr at the last checkpoint + the tables
     sel = s.tables["selections"]
     series, at_last = sel[sel.checkpoint != last], sel[sel.checkpoint == last]
     assert set(series.attribute) == {"Number", "POS"} and set(series.layer) == {2, 3}
@@ -302,7 +319,7 @@ def test_sweep_attributes_are_probed_at_the_last_checkpoints_sweep_only(run_copy
     # back to no sweep attributes: the series is still reused, the last checkpoint redone
     assert runs.run_extraction(P0).computed == 3
     s = runs.run_probing(P0)
-    assert s.reused == n_series and "Gender" not in set(s.tables["selections"].attribute)
+    assert s.reused == n_series + 1 and "Gender" not in set(s.tables["selections"].attribute)  # + en, as above
 
 
 @pytest.mark.parametrize("task, key, source, rel, step", [

@@ -40,7 +40,6 @@ Layout of a run directory::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -56,9 +55,9 @@ from .progress import progress
 from .pipeline import StageSummary, run_stage
 from .pipeline.manifest import Manifest
 from .stages import STAGES
-from .stages._common import sweep_attributes, vectors_path
-from .store import (ArtefactError, content_sha256, file_sha256, identity, path_sha256, provenance,
-                    read_json, read_table, remove_stale_temps, stream_tensors, write_json, write_table)
+from .stages.extraction import release_weights
+from .store import (content_sha256, file_sha256, identity, path_sha256, provenance, read_json, read_table,
+                    remove_stale_temps, write_json, write_table)
 
 log = logging.getLogger("xalign.runs")
 
@@ -202,181 +201,36 @@ def run_data_prep(P: RunParams) -> StageSummary:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def resolve_checkpoints(P: RunParams, manifest: Manifest | None = None) -> list:
+def resolve_checkpoints(P: RunParams) -> list:
     """List the run's checkpoint series, record provenance, drop duplicate weights.
 
-    Writes ``checkpoints.json`` (name, step, source, location, revision, the Hub commit it
-    resolved to, weights hash, download size, duplicates) and,
-    given the run's ``manifest``, records it there. Checkpoints whose weights hash equals
-    another's are all excluded with a warning, as the paper did for BLOOM's identical
-    released checkpoints (Wang et al. 2024, Sec. 4).
+    Writes ``checkpoints.json`` (:func:`xalign.stages.extraction.write_series`: name, step,
+    source, location, revision, the Hub commit it resolved to, weights hash, download size,
+    duplicates). Checkpoints whose weights hash equals another's are all excluded with a
+    warning, as the paper did for BLOOM's identical released checkpoints (Wang et al. 2024,
+    Sec. 4). In a run, stage 2 does this as its first unit.
 
     Returns:
         The :class:`~xalign.checkpoints.Checkpoint` objects kept, in series order.
     """
     from . import checkpoints as ck
+    from .stages.extraction import write_series
 
-    cp = P.checkpoints
-    ckpts = ck.series_of(cp, P.run_dir())
-    if not ckpts:
-        raise FileNotFoundError(f"checkpoints.source={cp.source}: no checkpoints found "
-                                f"(for 'lab', run notebook 00_pretrain first)")
-    rows = ck.series_table(ckpts)  # hub: metadata only, duplicates found before any download
-    for r in rows:
-        if r["excluded"]:
-            log.warning("checkpoint %s has the same weights as %s: excluded", r["name"], ", ".join(r["duplicate_of"]))
-    dest = P.run_dir() / "checkpoints.json"
-    write_json(rows, dest)
-    if manifest is not None:
-        config = _cfg(cp)
-        manifest.record(dest, "checkpoints", identity("checkpoints", config, {"rows": content_sha256(rows)}),
-                        config)
-    return [ck.checkpoint_from_row(r) for r in rows if not r["excluded"]]
-
-
-def _release_weights(P: RunParams, c) -> None:
-    """``checkpoints.keep_weights: false``: drop a Hub checkpoint's files from the HF cache
-    once the last stage that needs them (transfer, else extraction) has its results."""
-    from . import checkpoints as ck
-
-    if not P.checkpoints.keep_weights:
-        freed = ck.release_files(c)
-        if freed:
-            log.info("checkpoint %s: removed from the HF cache (%.2f GB freed; keep_weights: false)",
-                     c.name, freed / 1e9)
-
-
-class _VectorsFile:
-    """A :class:`xalign.extraction.VectorSink` writing ``vectors/<ckpt>/<lang>.safetensors``
-    (``layer_<l>``: (n_words, d) float32, ``sent_idx``/``word_idx``: (n_words,) int64) with
-    :func:`xalign.store.stream_tensors`, entered on ``stack``."""
-
-    def __init__(self, dest: Path, meta: dict[str, Any], stack: contextlib.ExitStack) -> None:
-        self.dest, self.meta, self.stack = dest, meta, stack
-        self.writer: Any = None
-
-    def open(self, n_words: int, d: int, layers: list[int]) -> None:
-        specs = {f"layer_{l}": ((n_words, d), torch.float32) for l in layers}
-        specs.update(sent_idx=((n_words,), torch.int64), word_idx=((n_words,), torch.int64))
-        self.writer = self.stack.enter_context(stream_tensors(self.dest, specs, self.meta))
-
-    def write(self, layer: int, start: int, block: torch.Tensor) -> None:
-        self.writer.write_rows(f"layer_{layer}", start, block)
-
-
-def _check_layers(layers: list[int], n_hs: int, name: str, key: str) -> None:
-    bad = [l for l in layers if not 1 <= l <= n_hs]
-    if bad:
-        raise ValueError(f"{key}: layer(s) {bad} out of range for {name} "
-                         f"(valid 1..{n_hs}; l = 1 is the embedding output)")
+    write_series(P)
+    return [ck.checkpoint_from_row(r) for r in _checkpoints(P.run_dir())]
 
 
 # ----------------------------------------------------------------------------- stage 2
 def run_extraction(P: RunParams) -> StageSummary:
-    """Stage 2: word vectors (mean of subword hidden states) for every labelled word.
-
-    Every checkpoint gets ``extraction.layers``; the last one also gets the layer sweep
-    ``extraction.sweep_layers`` (Figure 2), and its vectors cover the sentences of the words
-    labelled for ``probe.sweep_attributes`` as well. Vectors are written per (checkpoint, language)
-    and reused while the checkpoint's weights, the language's words and the extraction
-    params (layers, tokenisation, max_length, bf16, dtype; not the batch size or the
-    device, ``extraction.device``) are unchanged. A checkpoint whose vectors are all
-    current is not even loaded. Layers are checked against the first checkpoint loaded
-    before anything is written.
+    """Stage 2: word vectors (mean of subword hidden states) for every labelled word;
+    :mod:`xalign.stages.extraction`.
 
     Raises:
         ValueError: a layer out of range (naming ``extraction.layers`` or
             ``extraction.sweep_layers`` and the valid range), or ``extraction.device``
             asks for CUDA where there is none.
     """
-    from . import checkpoints as ck
-    from . import extraction as ex
-
-    st = _start(P, "extraction")
-    s, run_dir, ep = st.s, st.run_dir, P.extraction
-    all_labels = read_table(run_dir / "data" / "labels.parquet")
-    labels = all_labels[all_labels.attribute.isin(P.probe.attributes)]
-    # the last checkpoint's sweep also needs the sentences of probe.sweep_attributes
-    sweep_attrs = sweep_attributes(P)
-    last_labels = all_labels[all_labels.attribute.isin([*P.probe.attributes, *sweep_attrs])] if sweep_attrs else labels
-    ckpts = resolve_checkpoints(P, st.m)
-    weights = {r["name"]: r["weights_sha256"] for r in _checkpoints(run_dir)}
-    device = ex.resolve_device(ep.device)
-    rows = []
-    checked = False
-    for i, c in enumerate(ckpts):
-        last = i == len(ckpts) - 1
-        todo, model = [], None
-        for lang in P.data.languages:
-            lab_c = last_labels if last else labels
-            need = lab_c[lab_c.language == lang]
-            if need.empty:
-                wanted = [*P.probe.attributes, *sweep_attrs] if last else P.probe.attributes
-                s.skipped.append(f"{c.name}/{lang}: no labelled words for {wanted}")
-                continue
-            dest = vectors_path(run_dir, c.name, lang)
-            words_f = run_dir / "data" / "words" / f"{lang}.parquet"
-            keep_sents = sorted(set(int(x) for x in need.sent_idx))
-            config = {"checkpoint": c.name, "revision": c.revision, "language": lang, "layers": list(ep.layers),
-                      "sweep_layers": ep.sweep_layers if last else None, "tokenization": ep.tokenization,
-                      "max_length": ep.max_length, "bf16": ep.bf16, "dtype": P.checkpoints.dtype,
-                      "sentences": content_sha256(keep_sents)}
-            inputs = {"weights": weights[c.name], "words": st.m.sha256(words_f)}
-            ident = identity("extraction", config, inputs)
-            if st.current(dest, ident):
-                s.reused += 1
-            else:
-                todo.append((lang, dest, words_f, keep_sents, config, inputs, ident))
-        if not todo:
-            if not P.transfer.tasks:
-                _release_weights(P, c)
-            continue
-        model, tok = ck.load_model(c, dtype=P.checkpoints.dtype)
-        model.to(device)
-        n_hs = ck.num_hidden_states(model)
-        layers = list(ep.layers)
-        sweep = list(range(1, n_hs + 1)) if ep.sweep_layers == "all" else list(ep.sweep_layers or [])
-        _check_layers(layers, n_hs, c.name, "extraction.layers")
-        if not checked or last:  # a series shares its depth: check the sweep before writing anything
-            _check_layers(sweep, n_hs, c.name, "extraction.sweep_layers")
-            checked = True
-        if last:
-            layers = sorted(set(layers) | set(sweep))
-        for lang, dest, words_f, keep_sents, config, inputs, ident in progress(
-                todo, desc=f"extract {c.name}", total=len(todo)):
-            words = read_table(words_f)
-            sub = words[words.sent_idx.isin(keep_sents)].sort_values(["sent_idx", "word_idx"])
-            sentences = [g.form.tolist() for _, g in sub.groupby("sent_idx", sort=True)]
-            meta = {"checkpoint": c.name, "step": c.step, "location": c.location, "revision": c.revision,
-                    "language": lang, "layers": layers, "tokenization": ep.tokenization,
-                    "hidden_size": ck.hidden_size(model), "identity": ident}
-            # vectors stream to disk sentence by sentence (memory O(batch), not O(words x layers x d));
-            # the file appears only when complete
-            with contextlib.ExitStack() as stack:
-                sink = _VectorsFile(dest, meta, stack)
-                try:
-                    res = ex.extract_word_vectors(model, tok, sentences, layers, mode=ep.tokenization,
-                                                  batch_size=ep.batch_size, max_length=ep.max_length, bf16=ep.bf16,
-                                                  sink=sink)
-                except FloatingPointError as e:  # NaN/inf (names layer, sentence, word): nothing written
-                    raise ArtefactError(f"{c.name}/{lang}: hidden states not finite: {e}") from None
-                flat = sub[["sent_idx", "word_idx"]].to_numpy()[res.word_index.numpy()]
-                sink.writer.write_rows("sent_idx", 0, torch.as_tensor(flat[:, 0], dtype=torch.int64))
-                sink.writer.write_rows("word_idx", 0, torch.as_tensor(flat[:, 1], dtype=torch.int64))
-                sink.writer.metadata.update(n_sentences_skipped=res.n_sentences_skipped,
-                                            n_words_total=res.n_words_total)
-            st.record(dest, ident, config, inputs)
-            s.computed += 1
-            rows.append({"checkpoint": c.name, "language": lang, "words": len(flat),
-                         "sentences_skipped": res.n_sentences_skipped})
-            if res.n_sentences_skipped:
-                s.skipped.append(f"{c.name}/{lang}: {res.n_sentences_skipped} sentences longer than "
-                                 f"max_length={ep.max_length}")
-        del model
-        if not P.transfer.tasks:  # no later stage needs the weights
-            _release_weights(P, c)
-    s.tables["extracted"] = pd.DataFrame(rows)
-    return _finish(st)
+    return run_stage(P, "extraction", STAGES)
 
 
 # ----------------------------------------------------------------------------- stage 3
@@ -515,7 +369,7 @@ def run_transfer(P: RunParams) -> StageSummary:
             st.record(dest, ident, config, inputs)
             out.append(df)
             s.computed += 1
-        _release_weights(P, ck.checkpoint_from_row(c))
+        release_weights(P, c)
     res = pd.concat(out, ignore_index=True) if out else pd.DataFrame()
     dest = run_dir / "transfer" / "results.parquet"
     write_table(res, dest, csv=True)

@@ -2,7 +2,7 @@
 ``plan(ctx)`` (its units, in waves) and ``gather(ctx, summary, units)`` (its tables, read
 from disk); :func:`xalign.pipeline.run_stage` runs them.
 
-Stages 0, 2 and 5 still run their own loops in :mod:`xalign.runs` (being moved here); until
+Stages 0 and 5 still run their own loops in :mod:`xalign.runs` (being moved here); until
 they are, they appear in :data:`STAGES` as :class:`_NotYetDeclared`, whose currency the
 scheduler cannot check (their runners check their own artefacts).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from . import correlation, data_prep, figures, overlap, probing
+from . import correlation, data_prep, extraction, figures, overlap, probing
 
 
 class _NotYetDeclared:
@@ -32,7 +32,7 @@ class _NotYetDeclared:
 STAGES = {
     "pretrain": _NotYetDeclared("pretrain", "00_pretrain"),
     "data_prep": data_prep,
-    "extraction": _NotYetDeclared("extraction", "02_extraction"),
+    "extraction": extraction,
     "probing": probing,
     "overlap": overlap,
     "transfer": _NotYetDeclared("transfer", "05_finetuning"),
