@@ -56,3 +56,21 @@ def minimal_run(tmp_path_factory) -> Path:
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return tmp
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The default partition of the local SLURM cluster (``bash scripts/slurm-local.sh start``),
+    found through ``$SLURM_CONF`` or the default state folder's ``slurm.conf``, which is then
+    exported for the session so that submitit's sbatch/sacct calls find it too. Skips when the
+    cluster does not answer, fails instead when ``XALIGN_REQUIRE_SLURM=1`` (CI)."""
+    from slurm_support import NOT_RUNNING, cluster_partition, slurm_conf
+
+    partition, why = cluster_partition()
+    if partition is None:
+        if os.environ.get("XALIGN_REQUIRE_SLURM") == "1":
+            pytest.fail(f"{NOT_RUNNING} (XALIGN_REQUIRE_SLURM=1: {why})", pytrace=False)
+        pytest.skip(NOT_RUNNING)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", str(slurm_conf()))
+        yield partition
