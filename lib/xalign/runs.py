@@ -50,13 +50,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .params import RunParams
+from .params import RunParams, result_config
 from .progress import progress
 from .pipeline import StageSummary, run_stage
 from .pipeline.manifest import Manifest
 from .stages import STAGES
+from .stages._common import checkpoint_rows
 from .stages.extraction import release_weights
-from .store import (content_sha256, file_sha256, identity, path_sha256, provenance, read_json, read_table,
+from .store import (content_sha256, file_sha256, identity, path_sha256, provenance, read_table,
                     remove_stale_temps, write_json, write_table)
 
 log = logging.getLogger("xalign.runs")
@@ -108,16 +109,6 @@ def _finish(st: _Stage) -> StageSummary:
     return s
 
 
-def _cfg(model: Any, exclude: set[str] | None = None) -> dict[str, Any]:
-    """The JSON form of a params sub-model, minus fields that cannot change results."""
-    return model.model_dump(mode="json", exclude=exclude or set())
-
-
-def _checkpoints(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of ``checkpoints.json`` that are not excluded as duplicates."""
-    return [c for c in read_json(run_dir / "checkpoints.json") if not c["excluded"]]
-
-
 def _treebank_hashes(root: Path, lang: str, treebank: str | None) -> dict[str, str]:
     """``{"ud/<folder>/<file>": sha256}`` of a language's treebank split files."""
     from . import data
@@ -149,7 +140,7 @@ def run_pretrain(P: RunParams) -> StageSummary:
         return _finish(st)
     root = P.resolved_data_root()
     pp = P.pretrain
-    config = {**_cfg(pp, {"enabled", "threads"}), "languages": P.data.languages, "seed": P.seed,
+    config = {**result_config(pp), "languages": P.data.languages, "seed": P.seed,
               "treebanks": P.data.treebanks}
     inputs = {"text": path_sha256(root / "text")} if (root / "text").is_dir() else {}
     if "ud" in pp.text_sources:
@@ -217,7 +208,7 @@ def resolve_checkpoints(P: RunParams) -> list:
     from .stages.extraction import write_series
 
     write_series(P)
-    return [ck.checkpoint_from_row(r) for r in _checkpoints(P.run_dir())]
+    return [ck.checkpoint_from_row(r) for r in checkpoint_rows(P.run_dir())]
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -345,11 +336,11 @@ def run_transfer(P: RunParams) -> StageSummary:
     cfgs = {task: TransferConfig.from_params(tp, seed=P.seed, task=task) for task in sets}
     fns = {"pos": finetune_pos, "xnli": finetune_xnli}
     out, part_idents = [], {}
-    for c in progress(_checkpoints(run_dir), desc="transfer", total=None):
+    for c in progress(checkpoint_rows(run_dir), desc="transfer", total=None):
         for task in ("pos", "xnli"):
             if task not in sets:
                 continue
-            config = {**_cfg(tp, {"tasks"}), "task": task, "seed": P.seed, "checkpoint": c["name"],
+            config = {**result_config(tp, {"tasks"}), "task": task, "seed": P.seed, "checkpoint": c["name"],
                       "revision": c["revision"]}
             inputs = {"weights": c["weights_sha256"], "data": data_sha[task]}
             ident = identity("transfer", config, inputs)
