@@ -367,3 +367,43 @@ def test_outputs_the_params_no_longer_produce_are_removed(run_copy) -> None:
     assert not [k for k in manifest if "table1" in k or "fig3_" in k or "fig4_" in k]
     again = runs.run_figures(P)
     assert (again.computed, again.reused) == (0, 1) and set(again.tables["figures"].figure) == names
+
+
+def test_dropped_checkpoint_steps_leave_no_trace_in_any_output(run_copy) -> None:
+    """pretrain.checkpoint_steps [5, 15, 40] -> [5, 15]: the series is retrained (the
+    schedule ends at step 15), step-000040 disappears from the checkpoints, checkpoints.json,
+    the vectors, the selections, the pairs, the transfer results and Table 1."""
+    run, params = run_copy
+    n_before = pd.read_parquet(run / "correlation" / "table1.parquet").n.max()
+    P = params(**{"pretrain.checkpoint_steps": [5, 15]})
+    with pytest.raises(StaleUpstream, match=r"^pretrain is not current for these params \(step-000005: "
+                                            r"checkpoint_steps was \[5, 15, 40\], params say \[5, 15\]\): "
+                                            r"run pretrain first \(notebook 00_pretrain\)$"):
+        runs.run_extraction(P)
+    s = runs.run_pretrain(P)
+    assert (s.computed, s.reused) == (2, 0) and s.removed == ["checkpoints/step-000040"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-000005", "step-000015"]
+    for stage in STAGES[1:]:
+        getattr(runs, f"run_{stage}")(P)
+    assert [c["name"] for c in json.loads((run / "checkpoints.json").read_text())] == ["step-000005", "step-000015"]
+    assert not (run / "vectors" / "step-000040").exists() and not (run / "probing" / "parts" / "step-000040").exists()
+    for rel in ("probing/selections.parquet", "overlap/pairs.parquet", "transfer/results.parquet"):
+        assert set(pd.read_parquet(run / rel).checkpoint) == {"step-000005", "step-000015"}, rel
+    manifest = json.loads((run / "manifest.json").read_text())["artefacts"]
+    assert not [k for k in manifest if "step-000040" in k]
+    n_after = pd.read_parquet(run / "correlation" / "table1.parquet").n.max()
+    assert n_after * 3 == n_before * 2  # points per cell: 2 checkpoints of 3
+
+
+def test_relabelled_data_is_not_probed_on_stale_labels(run_copy) -> None:
+    """data.min_count 5 -> 200, then ONLY="03 04": probing stops with one line naming data
+    prep instead of reusing probes built on the old labels."""
+    run, params = run_copy
+    P = params(**{"data.min_count": 200})
+    before = (run / "probing" / "selections.parquet").stat().st_mtime_ns
+    with pytest.raises(StaleUpstream, match=r"^data_prep is not current for these params \(labels: min_count "
+                                            r"was 5, params say 200\): run data_prep first \(notebook 01_data_prep\)$"):
+        runs.run_probing(P)
+    with pytest.raises(StaleUpstream, match="run data_prep first"):
+        runs.run_overlap(P)
+    assert (run / "probing" / "selections.parquet").stat().st_mtime_ns == before

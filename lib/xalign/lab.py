@@ -574,6 +574,7 @@ def pretrain(
     device: str | None = None,
     resume: bool = True,
     on_checkpoint: Callable[[Path], None] | None = None,
+    until: int | None = None,
 ) -> list[Path]:
     """Pretrain a BLOOM-architecture causal LM from scratch and save a checkpoint series.
 
@@ -618,17 +619,25 @@ def pretrain(
             step 0.
         on_checkpoint: called with each checkpoint folder this call saves (not those kept
             from an interrupted call), right after it is saved.
+        until: stop after saving this checkpoint step (one of ``checkpoint_steps``; default
+            the last), keeping ``.resume.pt``, so a later call with a larger ``until``
+            continues from it. The schedule is still that of the whole series: training
+            one checkpoint at a time gives the same weights as one call.
 
     Returns:
-        The checkpoint folders, in step order (including those kept from an interrupted call).
+        The checkpoint folders up to ``until``, in step order (including those kept from an
+        interrupted or an earlier ``until`` call).
 
     Raises:
-        ValueError: bad checkpoint steps, ``hidden_size % n_head != 0``, a tokenizer larger
+        ValueError: bad checkpoint steps, ``until`` not one of them, ``hidden_size % n_head != 0``, a tokenizer larger
             than ``vocab_size`` or without eos/pad, or too little text for the held-out
             split plus one batch.
     """
     steps = list(checkpoint_steps)
     _check_pretrain_args(tokenizer, steps, vocab_size, hidden_size, n_head)
+    until = steps[-1] if until is None else until
+    if until not in steps:
+        raise ValueError(f"pretrain: until={until} is not one of checkpoint_steps {steps}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -637,6 +646,8 @@ def pretrain(
         batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, checkpoint_steps=steps, seed=seed,
         n_eval_blocks=n_eval_blocks))
     resumed = _load_resume_state(out_dir, fingerprint, steps) if resume else None
+    if resumed is not None and resumed["step"] >= until:  # saved already (by an earlier call)
+        return [out_dir / checkpoint_name(x) for x in steps if x <= until]
 
     old_threads = torch.get_num_threads()
     if threads:
@@ -653,7 +664,7 @@ def pretrain(
                 done = _resume_training(tr, resumed, out_dir)
                 first = done + 1
                 saved = [out_dir / checkpoint_name(x) for x in steps if x <= done]
-            bar = progress(range(first, steps[-1] + 1), desc="pretrain", total=steps[-1] - first + 1)
+            bar = progress(range(first, until + 1), desc="pretrain", total=until - first + 1)
             for step in bar:
                 loss_val = _train_step(tr, step)
                 if hasattr(bar, "set_postfix"):

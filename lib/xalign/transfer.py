@@ -626,10 +626,10 @@ class ResumeFile:
         return state if isinstance(state, dict) and state.get("key") == self.key else None
 
     def save(self, state: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({**state, "key": self.key}, tmp)
-        tmp.replace(self.path)
+        from .store import atomic_path
+
+        with atomic_path(self.path) as tmp:  # marked with its writer: never removed under it
+            torch.save({**state, "key": self.key}, tmp)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

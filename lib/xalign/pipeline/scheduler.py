@@ -68,6 +68,9 @@ class Stage(Protocol):
 
     def gather(self, ctx: "Context", s: StageSummary, units: list[Unit]) -> None: ...
 
+    # optional: ``check(P)`` raises on a missing or bad input of the stage itself, before
+    # the upstream stages are checked and anything runs
+
 
 @dataclass
 class Context:
@@ -170,6 +173,14 @@ def _start(P: Any, stage: str) -> tuple[Path, Manifest]:
     return run_dir, m
 
 
+def _prune_empty(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents while empty, up to (not including) ``stop``."""
+    folder, stop = folder.resolve(), stop.resolve()
+    while folder != stop and stop in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+
+
 def _remove_stale(ctx: Context, stage: str, units: Iterable[Unit]) -> list[str]:
     """Delete the outputs this stage recorded earlier that its current units do not produce."""
     keep = {ctx.m.key(p) for u in units for p in ctx.outputs(u)}
@@ -184,6 +195,7 @@ def _remove_stale(ctx: Context, stage: str, units: Iterable[Unit]) -> list[str]:
             p.unlink(missing_ok=True)
         ctx.m.forget(key)
         gone.append(key)
+        _prune_empty(p.parent, stop=ctx.run_dir)
     if gone:
         log.info("[%s] removed %d outputs no longer produced by the params: %s", stage, len(gone),
                  ", ".join(gone[:5]) + (" ..." if len(gone) > 5 else ""))
@@ -213,6 +225,8 @@ def run_stage(P: Any, name: str, stages: dict[str, Stage], executor: Any = None)
     with run_lock(P.run_dir(), name):
         run_dir, m = _start(P, name)
         ctx = Context(P, run_dir, m, stages)
+        if hasattr(stage, "check"):  # the stage's own inputs first: a missing file in seconds
+            stage.check(P)
         for up in stage.upstream:
             ctx.require_current(up)
         ex = executor or make_executor(P)

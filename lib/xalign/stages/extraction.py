@@ -33,10 +33,19 @@ def _series_unit(ctx: Context) -> Unit:
     P, run = ctx.P, ctx.run_dir
     inputs = {}
     if P.checkpoints.source == "lab":
-        for d in sorted((run / "checkpoints").glob("step-*")):
+        for d in _lab_folders(P):
             inputs[d.name] = ctx.sha(d)
     return Unit(name, "checkpoints", result_config(P.checkpoints), inputs, (run / "checkpoints.json",),
                 write_series, {"P": P}, code_version("xalign.checkpoints", "xalign.stages.extraction"))
+
+
+def _lab_folders(P: Any) -> list[Path]:
+    """The lab's checkpoint folders: those of ``pretrain.checkpoint_steps`` (not whatever is on
+    disk) while stage 0 trains them; else every ``checkpoints/step-*``."""
+    out = P.run_dir() / "checkpoints"
+    if P.pretrain.enabled:
+        return [out / f"step-{s:06d}" for s in P.pretrain.checkpoint_steps]
+    return sorted(out.glob("step-*"))
 
 
 def write_series(P: Any) -> dict:
@@ -47,6 +56,13 @@ def write_series(P: Any) -> dict:
 
     cp = P.checkpoints
     ckpts = ck.series_of(cp, P.run_dir())
+    if cp.source == "lab":
+        want = [d.name for d in _lab_folders(P)]
+        missing = sorted(set(want) - {c.name for c in ckpts})
+        if missing:
+            raise FileNotFoundError(f"{P.run_dir() / 'checkpoints'}: no {', '.join(missing)} of "
+                                    f"pretrain.checkpoint_steps (run notebook 00_pretrain first)")
+        ckpts = [c for c in ckpts if c.name in want]
     if not ckpts:
         raise FileNotFoundError(f"checkpoints.source={cp.source}: no checkpoints found "
                                 f"(for 'lab', run notebook 00_pretrain first)")
