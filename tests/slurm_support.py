@@ -4,9 +4,9 @@ The client commands find that cluster through ``SLURM_CONF``; when it is not set
 state folder's ``slurm.conf`` is used (``$XALIGN_SLURM_DIR``, default ``/tmp/xalign-slurm``).
 
 Dead jobs: the cluster keeps accounting (slurmdbd), so ``sacct`` reports every job's final
-state and submitit 1.5.4's watcher reads it. :func:`dead_reason` is the detection the executor
-can copy: a job without a result file whose accounting state is final (CANCELLED, TIMEOUT,
-FAILED, NODE_FAIL, OUT_OF_MEMORY, ...) is dead and should be resubmitted.
+state and submitit 1.5.4's watcher reads it; :func:`xalign.pipeline.slurm.dead_reason` (the
+executor's test, re-exported here) calls a job without a result file whose accounting state is
+final (CANCELLED, TIMEOUT, FAILED, NODE_FAIL, OUT_OF_MEMORY, ...) dead.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import re
 import socket
 import subprocess
 from pathlib import Path
+
+from xalign.pipeline.slurm import dead_reason  # noqa: F401 - the executor's own test, used by the tests
 
 NOT_RUNNING = "SLURM cluster not running: start it with `bash scripts/slurm-local.sh start`"
 
@@ -77,37 +79,3 @@ def squeue_state(job_id: str) -> str | None:
                           capture_output=True, text=True, timeout=30)
     lines = proc.stdout.split()
     return lines[0] if proc.returncode == 0 and lines else None
-
-
-def dead_reason(job, refresh: bool = True) -> str | None:
-    """Why a submitit job ended without doing its work (so resubmit it), else None: still
-    pending/running/requeued, finished (``job.result()`` returns), or failed by an exception of
-    its function (``job.result()`` raises FailedJobError with the traceback).
-
-    - ``refresh``: first one ``sacct`` call for every job submitit watches
-      (``job.watcher.update()``); with many jobs, call that once and pass ``refresh=False``.
-    - Final state: submitit's own test (``watcher.is_done``: anything but PENDING, RUNNING,
-      REQUEUED, COMPLETING, PREEMPTED, UNKNOWN, READY).
-    - No result file and a final state: the job was killed from outside: scancel
-      ("CANCELLED by 0"), the time limit when submitit could not act ("TIMEOUT"), NODE_FAIL,
-      OUT_OF_MEMORY, ... -> that state.
-    - A result file whose error is submitit's UncompletedJobError: submitit caught the time-limit
-      signal (USR2, ``slurm_signal_delay_s`` = 90 s before the limit, Slurm sends it up to 60 s
-      earlier still) and did not requeue a function that is not a Checkpointable; sacct says
-      FAILED -> "FAILED (time limit: ...)".
-
-    A cluster without accounting leaves every state UNKNOWN, so no job is ever dead here: use
-    :func:`squeue_state` there (final states for MinJobAge, then None)."""
-    from submitit.core import utils
-
-    if refresh:
-        job.watcher.update()
-    if not job.watcher.is_done(job.job_id, mode="cache"):
-        return None
-    state = job.watcher.get_state(job.job_id, mode="cache")
-    if not job.paths.result_pickle.exists():
-        return state
-    outcome, payload = utils.pickle_load(job.paths.result_pickle)
-    if outcome == "error" and "submitit.core.utils.UncompletedJobError" in str(payload):
-        return f"{state} (time limit: {str(payload).strip().splitlines()[-1]})"
-    return None

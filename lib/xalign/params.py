@@ -297,6 +297,36 @@ class FigureParams(_Strict):
     dpi: int = Field(150, ge=50)
 
 
+class ExecutorParams(_Strict):
+    """Who runs the units of work (:mod:`xalign.pipeline.executors`). No field enters a
+    result's identity: the same params give the same tables on every executor.
+
+    * ``local``: in this process, one unit after another (the default).
+    * ``processes``: ``workers`` local worker processes (spawned), for multi-core machines.
+    * ``slurm``: submitit job arrays on a SLURM cluster; one job per unit group (one model
+      load per checkpoint), ``gpus`` only for the units that need one (extraction,
+      transfer); logs in ``<run>/logs/slurm/<stage>/``; a job that dies (scancel, node
+      failure, time limit) is resubmitted up to ``max_retries`` times.
+    """
+
+    kind: Literal["local", "processes", "slurm"] = Field("local", json_schema_extra=NO_EFFECT)
+    workers: int = Field(2, ge=1, json_schema_extra=NO_EFFECT)
+    partition: str | None = Field(None, json_schema_extra=NO_EFFECT)
+    #: Time limit per job, minutes (submitit's ``timeout_min``).
+    time_min: int = Field(60, ge=1, json_schema_extra=NO_EFFECT)
+    mem_gb: float = Field(4.0, gt=0, json_schema_extra=NO_EFFECT)
+    cpus_per_task: int = Field(1, ge=1, json_schema_extra=NO_EFFECT)
+    #: GPUs per job of a unit that needs one (extraction, transfer); other jobs get none.
+    gpus: int = Field(0, ge=0, json_schema_extra=NO_EFFECT)
+    max_retries: int = Field(2, ge=0, json_schema_extra=NO_EFFECT)
+    #: Array tasks running at once (submitit's ``slurm_array_parallelism``).
+    array_parallelism: int = Field(32, ge=1, json_schema_extra=NO_EFFECT)
+    #: Seconds between two looks at the queue.
+    poll_s: float = Field(2.0, gt=0, json_schema_extra=NO_EFFECT)
+    #: Further ``#SBATCH`` options (submitit's ``slurm_additional_parameters``), e.g. {account: x}.
+    slurm_extra: dict[str, str] = Field(default_factory=dict, json_schema_extra=NO_EFFECT)
+
+
 class RunParams(_Strict):
     """Everything one run needs. Paths are relative to the repository root."""
 
@@ -319,6 +349,7 @@ class RunParams(_Strict):
     transfer: TransferParams = Field(default_factory=TransferParams)
     correlation: CorrelationParams = Field(default_factory=CorrelationParams)
     figures: FigureParams = Field(default_factory=FigureParams)
+    executor: ExecutorParams = Field(default_factory=ExecutorParams)
 
     @model_validator(mode="after")
     def _across_sections(self) -> "RunParams":

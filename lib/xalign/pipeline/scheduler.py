@@ -14,6 +14,7 @@ holds the run's lock (:mod:`xalign.pipeline.lock`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
@@ -119,6 +120,8 @@ class Context:
             self.m.record(p, u.stage, ident, u.config, u.inputs, save=False, **extra,
                           **({"notes": notes} if i == 0 else {}))
         self.m.save()
+        if u.receipt is not None:  # recorded: the receipt has done its job
+            Path(u.receipt).unlink(missing_ok=True)
 
     def why_stale(self, u: Unit) -> str:
         """Why a unit is not current, for :class:`StaleUpstream`'s line."""
@@ -171,6 +174,25 @@ def _start(P: Any, stage: str) -> tuple[Path, Manifest]:
     m = Manifest.open(run_dir)
     m.run = provenance(P.seed)
     return run_dir, m
+
+
+def _collect_finished(ctx: Context, stage: str, todo: list[Unit]) -> list[Unit]:
+    """Give each unit to run its receipt path; record the units a killed driver's jobs (or
+    workers) finished, from their receipts. Returns the units still to run."""
+    from .units import read_receipt
+
+    left, n = [], 0
+    for u in todo:
+        u.receipt = ctx.run_dir / ".receipts" / stage / f"{hashlib.sha256(u.key.encode()).hexdigest()[:20]}.json"
+        rec = read_receipt(u)
+        if rec is None:
+            left.append(u)
+        else:
+            ctx.record(u, rec["notes"])
+            n += 1
+    if n:
+        log.info("[%s] collected %d units finished by an earlier driver (from their receipts)", stage, n)
+    return left
 
 
 def _prune_empty(folder: Path, stop: Path) -> None:
@@ -233,8 +255,9 @@ def run_stage(P: Any, name: str, stages: dict[str, Stage], executor: Any = None)
         units: list[Unit] = []
         for wave in stage.plan(ctx):
             todo = [u for u in wave if not ctx.is_current(u)]
-            s.reused += len(wave) - len(todo)
-            for u, notes in ex.run(todo, ctx):
+            left = _collect_finished(ctx, name, todo)
+            s.reused += len(wave) - len(left)
+            for u, notes in ex.run(left, ctx):
                 ctx.record(u, notes)
                 s.computed += 1
             units += wave
@@ -248,6 +271,7 @@ def run_stage(P: Any, name: str, stages: dict[str, Stage], executor: Any = None)
                           "skipped": s.skipped, "seconds": round(s.seconds, 2),
                           "git_commit": m.run.get("git_commit"), "finished": m.run.get("time")}
         m.save()
+        remove_stale_temps(run_dir)  # a killed job's (its writer is gone); live writers' stay
     log.debug(s.line())  # printed below; avoid a twin line in notebooks
     print(s.line())
     return s

@@ -58,6 +58,9 @@ class Unit:
             are passed as file paths.
         code: :func:`code_version` of the modules ``fn`` runs.
         resources: see :class:`Resources`.
+        receipt: where :func:`run_unit` writes the unit's receipt (identity, notes, the
+            outputs' sizes and mtimes) once its outputs are written; a driver restarted
+            after a kill collects a finished unit from it instead of recomputing it.
     """
 
     stage: str
@@ -69,6 +72,7 @@ class Unit:
     args: dict[str, Any] = field(default_factory=dict)
     code: str = ""
     resources: Resources = field(default_factory=Resources)
+    receipt: Path | None = None  # set by the scheduler: where run_unit leaves its receipt
 
     @property
     def identity(self) -> str:
@@ -96,8 +100,8 @@ def code_version(*modules: str) -> str:
             imported, and its source parsed. Docstrings and comments do not count.
 
     Returns:
-        64 hex digits; it changes when any listed module's code or torch / transformers
-        version changes. Cached per process (a driver sees the code it started with).
+        64 hex digits; it changes when any listed module's code, this module's (which seeds
+        and runs units) or the torch / transformers version changes. Cached per process (a driver sees the code it started with).
 
     Raises:
         ModuleNotFoundError: a listed module does not exist.
@@ -105,7 +109,7 @@ def code_version(*modules: str) -> str:
     from importlib import metadata
 
     h = hashlib.sha256()
-    for name in sorted(set(modules)):
+    for name in sorted(set(modules) | {__name__}):  # this module: how a unit is seeded and run
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise ModuleNotFoundError(f"code_version: no module {name!r}")
@@ -116,3 +120,63 @@ def code_version(*modules: str) -> str:
         except metadata.PackageNotFoundError:
             h.update(f"{pkg} absent\n".encode())
     return h.hexdigest()
+
+
+def unit_seed(u: Unit) -> int:
+    """The seed of the global RNGs while ``u`` runs: from its identity, so a result never
+    depends on which units ran before it in the same process (any executor, any order)."""
+    return int(u.identity[:8], 16)
+
+
+def run_unit(u: Unit) -> dict[str, Any] | None:
+    """Run one unit where an executor put it (this process, a worker, a SLURM job).
+
+    Seeds torch, numpy and ``random`` with :func:`unit_seed`, calls ``u.fn(**u.args)``, then
+    writes ``u.receipt`` (atomically) if set.
+
+    Returns:
+        The unit's notes (JSON-able dict) or None.
+
+    Raises:
+        Whatever ``u.fn`` raises (no receipt then).
+    """
+    import json
+    import random
+
+    import numpy as np
+    import torch
+
+    from ..store import atomic_path, path_stat
+
+    seed = unit_seed(u)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    notes = u.fn(**u.args)
+    if u.receipt is not None:
+        files = [*u.outputs, *(Path(u.receipt).parents[2] / f for f in (notes or {}).get("files", []))]
+        rec = {"identity": u.identity, "key": u.key, "notes": notes,
+               "outputs": {str(f): list(path_stat(Path(f))) for f in files}}
+        with atomic_path(u.receipt) as tmp:
+            tmp.write_text(json.dumps(rec, default=str), encoding="utf-8")
+    return notes
+
+
+def read_receipt(u: Unit) -> dict[str, Any] | None:
+    """The notes of a finished run of ``u`` from its receipt (:func:`run_unit`), if the receipt
+    is for this very identity and every output is still as that run left it; else None."""
+    import json
+
+    from ..store import path_stat
+
+    if u.receipt is None or not Path(u.receipt).is_file():
+        return None
+    try:
+        rec = json.loads(Path(u.receipt).read_text(encoding="utf-8"))
+        if rec.get("identity") != u.identity:
+            return None
+        if any(not Path(f).exists() or list(path_stat(Path(f))) != st for f, st in rec["outputs"].items()):
+            return None
+    except (ValueError, KeyError, OSError):
+        return None
+    return {"notes": rec.get("notes")}
