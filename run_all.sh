@@ -16,6 +16,27 @@ export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 [ $# -gt 0 ] || set -- params/tiny-lab.yaml
 
 python -m xalign.params "$@" > /dev/null   # validate every params file before running anything
+
+# SIGINT / SIGTERM to this script stop the running stage too: papermill, its kernel (which
+# jupyter starts in a session of its own) and the kernel's worker processes.
+child=""
+descendants() { local p; for p in $(ps -o pid= --ppid "$1" 2>/dev/null); do echo "$p"; descendants "$p"; done; }
+stop_stage() {
+  trap - INT TERM
+  if [ -n "$child" ] && kill -0 "$child" 2>/dev/null; then
+    pids="$child $(descendants "$child")"
+    kill -TERM $pids 2>/dev/null || true
+    for _ in $(seq 50); do
+      alive=""; for p in $pids; do kill -0 "$p" 2>/dev/null && alive=1; done
+      [ -z "$alive" ] && break; sleep 0.1
+    done
+    kill -KILL $pids 2>/dev/null || true
+  fi
+  echo "== stopped by SIG$1 during ${name:-startup}; the stage's processes were stopped too" >&2
+  if [ "$1" = INT ]; then exit 130; else exit 143; fi
+}
+trap 'stop_stage INT' INT
+trap 'stop_stage TERM' TERM
 for params in "$@"; do
   run=$(python -m xalign.params "$params")
   run_dir=$(python -m xalign.params --run-dir "$params")
@@ -27,8 +48,12 @@ for params in "$@"; do
     if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" ${name:0:2} "* ]]; then continue; fi
     echo "== $run: $name"
     t0=$(date +%s.%N)
-    jupytext --to ipynb -o - "$nb" \
-      | papermill - "$out/$name.ipynb" -k python3 -f "$params" --cwd . --log-output --no-progress-bar
+    ( jupytext --to ipynb -o - "$nb" \
+      | papermill - "$out/$name.ipynb" -k python3 -f "$params" --cwd . --log-output --no-progress-bar ) &
+    child=$!
+    rc=0; wait "$child" || rc=$?
+    child=""
+    [ "$rc" -eq 0 ] || exit "$rc"
     dt=$(python -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
     echo "$(date -Iseconds),$name,$dt" >> "$run_dir/timings.csv"
     echo "== $run: $name took $dt s"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -161,3 +165,51 @@ def test_run_all_minimal_with_the_papers_fine_tuning_and_probe_settings(minimal_
     paper = pd.read_csv(run / "correlation" / "table1.csv")  # correlation.recipe: paper
     assert list(zip(paper.task, paper.kind)) == [("pos", "average"), ("pos", "pairwise"),
                                                   ("xnli", "average"), ("xnli", "pairwise")]
+
+
+def _descendants(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
+    kids = {int(p) for p in out}
+    return kids.union(*(_descendants(k) for k in kids)) if kids else set()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_run_all_stops_its_stage(tmp_path, sig) -> None:
+    """SIGTERM / SIGINT to run_all.sh's PID while a stage runs: the script exits non-zero and
+    no process it started (papermill, the kernel, ...) is left."""
+    import json
+    import time
+
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "params" / "minimal.yaml").read_text())
+    cfg["params"].update(runs_dir=str(tmp_path / "runs"), figures_dir=str(tmp_path / "figures"))
+    pfile = tmp_path / "minimal.yaml"
+    pfile.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(["bash", str(REPO / "run_all.sh"), str(pfile)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest, t0 = tmp_path / "runs" / "minimal" / "manifest.json", time.monotonic()
+    try:
+        while True:  # the kernel is running stage 0 once its first checkpoint is recorded
+            assert proc.poll() is None and time.monotonic() - t0 < 300, proc.stderr.read()[-2000:]
+            try:
+                if any(k.startswith("checkpoints/step-") for k in json.loads(manifest.read_text())["artefacts"]):
+                    break
+            except (FileNotFoundError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        started = _descendants(proc.pid)
+        assert len(started) >= 2  # papermill and the kernel at least
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == (130 if sig == signal.SIGINT else 143), err[-2000:]
+    assert "stopped by SIG" in err and "00_pretrain" in err
+    time.sleep(0.5)
+    left = [p for p in started if Path(f"/proc/{p}").exists()
+            and Path(f"/proc/{p}/stat").read_text().split()[2] != "Z"]
+    assert not left, f"processes left after stopping run_all.sh: {left}"
