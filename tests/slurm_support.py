@@ -17,7 +17,9 @@ import socket
 import subprocess
 from pathlib import Path
 
-from xalign.pipeline.slurm import dead_reason  # noqa: F401 - the executor's own test, used by the tests
+from xalign.pipeline.slurm import dead_reason
+
+__all__ = ["NOT_RUNNING", "cluster_partition", "dead_reason", "slurm_conf", "squeue_state"]
 
 NOT_RUNNING = "SLURM cluster not running: start it with `bash scripts/slurm-local.sh start`"
 

@@ -177,3 +177,33 @@ def test_a_units_identity_covers_its_code(tmp_path):
 
     s = run_stage(P, "words", {**STAGES, "words": WordsV2()})
     assert (s.computed, s.reused) == (2, 0)
+
+
+def test_a_unit_finished_but_not_recorded_is_collected_from_its_receipt(tmp_path, monkeypatch):
+    """The driver dies after a unit wrote its outputs (and receipt) but before recording it:
+    the next driver records it from the receipt instead of computing it again; a receipt
+    whose outputs changed since is not trusted."""
+    from xalign.pipeline.scheduler import Context
+
+    record = Context.record
+
+    def dies_on_b(self, u, notes):
+        if u.key == "b":
+            raise KeyboardInterrupt  # as a kill between the unit's end and its record
+        record(self, u, notes)
+
+    for tamper in (False, True):
+        P = ToyParams(tmp_path / str(tamper))
+        CALLS.clear()
+        monkeypatch.setattr(Context, "record", dies_on_b)
+        with pytest.raises(KeyboardInterrupt):
+            run_stage(P, "words", STAGES)
+        monkeypatch.setattr(Context, "record", record)
+        assert CALLS == ["a", "b"] and len(list((P.run_dir() / ".receipts").rglob("*.json"))) == 1
+        if tamper:
+            write_table(pd.DataFrame({"word": ["z"], "n": [9]}), P.run_dir() / "words" / "b.parquet")
+        s = run_stage(P, "words", STAGES)
+        assert (s.computed, s.reused) == ((1, 1) if tamper else (0, 2)) and s.skipped == ["b: nothing to skip"]
+        assert CALLS == (["a", "b", "b"] if tamper else ["a", "b"])
+        assert not list((P.run_dir() / ".receipts").rglob("*.json"))  # recorded: receipt gone
+        assert list(read_table(P.run_dir() / "words" / "b.parquet").word) == ["b"]

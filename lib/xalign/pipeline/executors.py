@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import traceback
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .units import Unit, run_unit
