@@ -101,7 +101,8 @@ def code_version(*modules: str) -> str:
 
     Returns:
         64 hex digits; it changes when any listed module's code, this module's (which seeds
-        and runs units) or the torch / transformers version changes. Cached per process (a driver sees the code it started with).
+        and runs units) or the torch / transformers version changes. Cached per process (a
+        driver sees the code it started with).
 
     Raises:
         ModuleNotFoundError: a listed module does not exist.
