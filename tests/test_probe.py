@@ -354,3 +354,53 @@ def test_l2_probe_is_converged_and_picks_l2_on_held_out():
         train_l2_probe(X, y, 1)
     with pytest.raises(ValueError, match=r"y has labels in \[0, 2\], expected \[0, 2\)"):
         train_l2_probe(X, y, 2)
+
+
+# ---- several seeds in one batched computation ------------------------------------------
+
+def _planted_seeds_data(N=600, d=24, C=3, seed=11):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(N, d, generator=g)
+    y = torch.randint(0, C, (N,), generator=g)
+    X[:, :3] += torch.nn.functional.one_hot(y, C).float() * 1.5
+    return X, y, C
+
+
+@pytest.mark.parametrize("restore", ["best", "last"])
+def test_batched_seeds_are_the_sequential_probes_bit_for_bit(restore):
+    """Seeds stop at different epochs (patience 3), so the batch shrinks while training."""
+    from dataclasses import replace
+
+    from xalign.probe import train_probes
+
+    X, y, C = _planted_seeds_data()
+    cfg = ProbeConfig(max_epochs=80, patience=3, restore=restore)
+    batched = train_probes(X, y, C, cfg, seeds=[4, 0, 9])
+    stops = set()
+    for p, s in zip(batched, [4, 0, 9]):
+        ref = train_probe(X, y, C, replace(cfg, seed=s))
+        assert p.config.seed == s and p.best_epoch == ref.best_epoch
+        assert torch.equal(p.W, ref.W) and torch.equal(p.b, ref.b) and torch.equal(p.phi, ref.phi)
+        assert p.history == ref.history
+        stops.add(len(ref.history))
+    assert len(stops) > 1  # the seeds did leave the batch at different epochs
+
+
+def test_batched_seeds_minibatches_run_one_by_one_and_match():
+    from dataclasses import replace
+
+    from xalign.probe import train_probes
+
+    X, y, C = _planted_seeds_data()
+    cfg = ProbeConfig(max_epochs=6, batch_size=128, entropy_scale="reference")
+    for p, s in zip(train_probes(X, y, C, cfg, seeds=[1, 2]), [1, 2]):
+        assert torch.equal(p.W, train_probe(X, y, C, replace(cfg, seed=s)).W)
+
+
+@pytest.mark.parametrize("seeds", [[], [1, 1], [-1], [0.5]])
+def test_bad_seed_lists_are_one_line_errors(seeds):
+    from xalign.probe import train_probes
+
+    X, y, C = _planted_seeds_data(N=60)
+    with pytest.raises(ValueError, match="seeds must be distinct ints >= 0"):
+        train_probes(X, y, C, ProbeConfig(max_epochs=2), seeds=seeds)

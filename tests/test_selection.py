@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numpy as np
 
 import pytest
 import torch
@@ -366,3 +367,61 @@ def test_dev_loglik_does_not_decrease_when_the_probe_is_the_exact_posterior(C, n
     assert set(res.neurons[:n_planted]) == set(planted)
     assert all(b > a_ for a_, b in zip(path[:n_planted + 1], path[1:n_planted + 1]))
     assert path[n_planted + 1:] == [path[n_planted]] * extra
+
+
+# ---- per-step gains and stability selection ---------------------------------------------
+
+def _weak_planted(seed=0, d=48, C=3, n_tr=1200, n_dev=500):
+    g = torch.Generator().manual_seed(seed)
+    inf = torch.arange(8)
+    scale = torch.tensor([1.2] * 4 + [0.3] * 4)
+    means = torch.randn(C, 8, generator=g) * scale
+
+    def draw(n):
+        y = torch.randint(0, C, (n,), generator=g)
+        X = torch.randn(n, d, generator=g)
+        X[:, inf] += means[y]
+        return X, y
+
+    return (*draw(n_tr), *draw(n_dev), C)
+
+
+def test_step_gains_add_up_to_the_path_and_carry_a_standard_error():
+    Xtr, ytr, Xdv, ydv, C = _weak_planted()
+    probe = train_probe(Xtr, ytr, C, ProbeConfig(max_epochs=150))
+    r = greedy_select(probe, Xdv, ydv, k=12)
+    empty = float(torch.log(torch.softmax(probe.b, 0))[ydv].double().mean())
+    np.testing.assert_allclose(np.cumsum(r.dev_gain) + empty, r.dev_loglik, atol=1e-6)
+    assert all(se > 0 for se in r.dev_gain_se)
+    z = np.array(r.dev_gain) / np.array(r.dev_gain_se)
+    assert z[:3].min() > 5  # strong dims first, far above noise
+    assert z[-4:].max() < 2.5  # the path's tail: gains at the dev set's noise level
+    assert len(set(r.neurons[-4:]) - set(range(8))) >= 2  # ... and mostly non-informative picks
+
+
+def test_selection_frequency_ranks_by_frequency_then_mean_position():
+    from xalign.selection import selection_frequency
+
+    r = selection_frequency([[1, 2, 3], [2, 3, 4], [3, 2, 9]], d=10, k=3, threshold=0.6)
+    assert r.neurons == [2, 3, 1] and r.stable == [2, 3] and r.n_runs == 3
+    assert float(r.frequency[2]) == 1.0 and float(r.frequency[9]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="selection 0 must be"):
+        selection_frequency([[1, 1, 2]], d=10, k=3)
+
+
+def test_stability_selection_prefers_informative_dims_over_greedy_noise():
+    """Planted: 4 strong + 4 weak informative dims of 48, k = 8. Over 4 data draws, stability
+    selection (3 seeds x 6 dev half-subsamples) picks at least as many informative dims as
+    one seed's greedy path, and more in total."""
+    from xalign.probe import train_probes
+    from xalign.selection import stability_select
+
+    greedy_hits = stab_hits = 0
+    for rep in range(4):
+        Xtr, ytr, Xdv, ydv, C = _weak_planted(seed=rep)
+        probes = train_probes(Xtr, ytr, C, ProbeConfig(max_epochs=150), seeds=[0, 1, 2])
+        greedy_hits += np.mean([len(set(greedy_select(p, Xdv, ydv, k=8).neurons) & set(range(8))) for p in probes])
+        st = stability_select(probes, Xdv, ydv, k=8, n_resamples=6, seed=rep)
+        assert st.n_runs == 18 and len(st.neurons) == 8
+        stab_hits += len(set(st.neurons) & set(range(8)))
+    assert stab_hits >= greedy_hits, (stab_hits, greedy_hits)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
+import warnings
 from itertools import combinations
 from typing import Iterable, Iterator
 
@@ -62,16 +64,22 @@ def overlap_p_value(n_overlap: int, d: int, k: int) -> float:
     return float(hypergeom.sf(n_overlap - 1, d, k, k))
 
 
+def _groups(selections: pd.DataFrame) -> list[str]:
+    """The grouping keys: (checkpoint, layer, attribute), and ``seed`` when the table has it."""
+    return _GROUP + (["seed"] if "seed" in selections.columns else [])
+
+
 def _validate(selections: pd.DataFrame) -> None:
     missing = [c for c in _REQUIRED if c not in selections.columns]
     if missing:
         raise ValueError(f"selections table: missing columns {missing} (have {list(selections.columns)})")
-    dup = selections.duplicated(subset=_GROUP + ["language"], keep=False)
+    dup = selections.duplicated(subset=_groups(selections) + ["language"], keep=False)
     if dup.any():
         r = selections[dup].iloc[0]
         raise ValueError(
             f"selections table: {int(dup.sum())} duplicate rows for checkpoint={r['checkpoint']} "
-            f"layer={r['layer']} attribute={r['attribute']} language={r['language']}")
+            f"layer={r['layer']} attribute={r['attribute']} language={r['language']}"
+            + (f" seed={r['seed']}" if "seed" in selections.columns else ""))
 
 
 @contextlib.contextmanager
@@ -122,7 +130,7 @@ def _neuron_set(row: pd.Series, d: int, k: int) -> frozenset[int]:
 def _single(values: pd.Series, field: str, group: tuple) -> int:
     uniq = sorted({int(v) for v in values})
     if len(uniq) != 1:
-        ck, layer, attr = group
+        ck, layer, attr = group[:3]
         hint = " (hidden-size mismatch between artefacts?)" if field == "d" else ""
         raise ValueError(
             f"selections.{field}: checkpoint={ck} layer={layer} attribute={attr} mixes "
@@ -154,15 +162,18 @@ def overlap_pairs(selections: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame
     Raises:
         ValueError: missing columns; duplicate (checkpoint, layer, attribute, language) rows;
             different ``d`` or ``k`` inside a group (message names the group and values);
+            (with a ``seed`` column, groups are per seed and rows carry ``seed``: one row per
+            pair and seed; :func:`summarise_seeds` averages them);
             a selection with duplicate neurons, neurons outside [0, d) or not k neurons
             (message names checkpoint/layer/attribute/language); alpha outside (0, 1).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"overlap_pairs: alpha={alpha} must be in (0, 1)")
     _validate(selections)
-    cols: dict[str, list] = {c: [] for c in PAIR_COLUMNS}
+    seeded = "seed" in selections.columns
+    cols: dict[str, list] = {c: [] for c in PAIR_COLUMNS + (["seed"] if seeded else [])}
     with _gc_frozen():  # multipletests(method="holm") runs gc.collect() on every call
-        for group, g in selections.groupby(_GROUP, sort=True, dropna=False):
+        for group, g in selections.groupby(_groups(selections), sort=True, dropna=False):
             d = _single(g["d"], "d", group)
             k = _single(g["k"], "k", group)
             if not 1 <= k <= d:
@@ -193,11 +204,13 @@ def overlap_pairs(selections: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame
             cols["p_value"] += p.astype(float).tolist()
             cols["p_holm"] += p_holm.astype(float).tolist()
             cols["significant"] += (p_holm < alpha).tolist()
-    out = pd.DataFrame(cols, columns=PAIR_COLUMNS)
+            if seeded:
+                cols["seed"] += [int(group[3])] * n
+    out = pd.DataFrame(cols, columns=list(cols))
     out["step"] = out["step"].astype("Int64")
     out = out.astype({"layer": "int64", "k": "int64", "d": "int64", "n_overlap": "int64",
                       "significant": "bool"})
-    return _sort(out, ["layer", "attribute", "lang_a", "lang_b"])
+    return _sort(out, ["layer", "attribute", "lang_a", "lang_b"] + (["seed"] if seeded else []))
 
 
 def _sort(df: pd.DataFrame, rest: list[str]) -> pd.DataFrame:
@@ -286,3 +299,261 @@ def pair_overlap_with(pairs: pd.DataFrame, pivot: str = "en") -> pd.DataFrame:
     sub["language"] = np.where(sub["lang_a"] == pivot, sub["lang_b"], sub["lang_a"])
     out = sub[PIVOT_COLUMNS] if not sub.empty else pd.DataFrame(columns=PIVOT_COLUMNS)
     return _sort(out, ["layer", "attribute", "language"])
+
+
+# ---------------------------------------------------------------------------------------
+# seeds, intervals and tests (our addition: the paper reports single numbers)
+
+_PAIR_KEYS = ["checkpoint", "step", "layer", "attribute", "lang_a", "lang_b"]
+#: Columns :func:`summarise_seeds` adds to :data:`PAIR_COLUMNS`.
+SEED_COLUMNS = ["n_seeds", "overlap_sd", "overlap_lo", "overlap_hi"]
+
+
+def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` (NaN for fewer than 2)."""
+    from scipy.stats import t
+
+    n = len(values)
+    if n < 2:
+        return math.nan, math.nan
+    m, se = float(np.mean(values)), float(np.std(values, ddof=1)) / math.sqrt(n)
+    h = float(t.ppf(0.5 + confidence / 2, n - 1)) * se
+    return max(0.0, m - h), min(1.0, m + h)  # rates lie in [0, 1]
+
+
+def summarise_seeds(pairs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per language pair from per-seed pairs: mean over probe seeds with an interval.
+
+    ``overlap_rate`` and ``n_overlap`` are the means over seeds (each seed's selections
+    compared with the same seed's); ``overlap_sd`` their sample standard deviation;
+    ``overlap_lo, overlap_hi`` the Student-t ``confidence`` interval of the mean over seeds,
+    clipped to [0, 1] (NaN with one seed: with 3-10 seeds a percentile bootstrap over seeds under-covers, the
+    t interval does not; see the calibration test). Significance is an intersection-union
+    test: ``p_value`` and ``p_holm`` are the largest over seeds, so ``significant`` means
+    "above chance in every seed" (valid at level alpha, Berger 1982).
+
+    Args:
+        pairs: :func:`overlap_pairs` output with a ``seed`` column (without one, each
+            pair counts as one seed).
+        confidence: in (0, 1).
+
+    Returns:
+        :data:`PAIR_COLUMNS` + :data:`SEED_COLUMNS`; ``n_overlap`` is float.
+
+    Raises:
+        ValueError: ``confidence`` out of (0, 1).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"summarise_seeds: confidence={confidence} must be in (0, 1)")
+    cols = PAIR_COLUMNS + SEED_COLUMNS
+    if pairs.empty:
+        return pd.DataFrame(columns=cols)
+    g = pairs.groupby(_PAIR_KEYS, sort=False, dropna=False)
+    out = g.agg(k=("k", "first"), d=("d", "first"), n_overlap=("n_overlap", "mean"),
+                overlap_rate=("overlap_rate", "mean"), chance_rate=("chance_rate", "first"),
+                p_value=("p_value", "max"), p_holm=("p_holm", "max"), significant=("significant", "all"),
+                n_seeds=("overlap_rate", "size"), overlap_sd=("overlap_rate", "std")).reset_index()
+    ci = g["overlap_rate"].apply(lambda v: _t_interval(v.to_numpy(), confidence))
+    out["overlap_lo"] = [c[0] for c in ci]
+    out["overlap_hi"] = [c[1] for c in ci]
+    out = out.astype({"layer": "int64", "k": "int64", "d": "int64", "n_seeds": "int64", "significant": "bool"})
+    return _sort(out[cols], ["layer", "attribute", "lang_a", "lang_b"])
+
+
+#: Columns of :func:`self_overlap`.
+SELF_COLUMNS = ["checkpoint", "step", "layer", "attribute", "language", "k", "d", "n_seeds",
+                "self_overlap_rate", "jaccard"]
+
+
+def self_overlap(selections: pd.DataFrame) -> pd.DataFrame:
+    """Selection stability across probe seeds: the self-overlap ceiling of each dataset.
+
+    For one (checkpoint, layer, attribute, language) with seeds s = 1..S, the mean over the
+    S(S-1)/2 seed pairs of the overlap rate |A_s ∩ A_t| / k and of the Jaccard index
+    |A_s ∩ A_t| / |A_s ∪ A_t|. Two seeds of the *same* language share the data, so this is
+    the ceiling a cross-language overlap can reach with these probes: a cross-language
+    rate is only meaningful relative to it (and to chance k/d).
+
+    Args:
+        selections: stage-3 table with ``seed`` (see :func:`overlap_pairs`).
+
+    Returns:
+        :data:`SELF_COLUMNS`; rates NaN for datasets with one seed.
+    """
+    _validate(selections)
+    if "seed" not in selections.columns:
+        selections = selections.assign(seed=0)
+    rows = []
+    for key, g in selections.groupby(["checkpoint", "layer", "attribute", "language"], sort=True):
+        d, k = int(g["d"].iloc[0]), int(g["k"].iloc[0])
+        sets = [_neuron_set(r, d, k) for r in g.to_dict("records")]
+        inter = np.array([len(a & b) for a, b in combinations(sets, 2)], dtype=float)
+        union = np.array([len(a | b) for a, b in combinations(sets, 2)], dtype=float)
+        rows.append(dict(checkpoint=key[0], step=g["step"].iloc[0], layer=int(key[1]), attribute=key[2],
+                         language=key[3], k=k, d=d, n_seeds=len(sets),
+                         self_overlap_rate=float((inter / k).mean()) if len(inter) else math.nan,
+                         jaccard=float((inter / union).mean()) if len(inter) else math.nan))
+    out = pd.DataFrame(rows, columns=SELF_COLUMNS)
+    out["step"] = out["step"].astype("Int64")
+    return _sort(out, ["layer", "attribute", "language"])
+
+
+def _rate_cube(g: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """(languages, O (S, L, L)) overlap rates of one group's per-seed pairs; NaN where absent."""
+    if "seed" not in g.columns:
+        g = g.assign(seed=0)
+    langs = sorted(set(g["lang_a"]) | set(g["lang_b"]))
+    seeds = sorted(g["seed"].unique())
+    li, si = {l: i for i, l in enumerate(langs)}, {s: i for i, s in enumerate(seeds)}
+    O = np.full((len(seeds), len(langs), len(langs)), np.nan)
+    a, b, s = g["lang_a"].map(li).to_numpy(), g["lang_b"].map(li).to_numpy(), g["seed"].map(si).to_numpy()
+    O[s, a, b] = O[s, b, a] = g["overlap_rate"].to_numpy(dtype=float)
+    return langs, O
+
+
+def _boot_average(O: np.ndarray, rng: np.random.Generator, n_boot: int,
+                  lang_idx: np.ndarray | None = None) -> np.ndarray:
+    """(n_boot,) average overlap over language pairs with languages resampled as clusters.
+
+    O: (S, L, L) per-seed overlap rates (NaN diagonal), averaged over seeds first: seed noise
+    enters through each pair's seed mean. Languages are drawn with replacement (L of them),
+    the same language drawn twice giving no pair with itself; ``lang_idx`` (n_boot, L)
+    fixes the draws (paired tests). Resampling seeds as well would count the seed noise
+    twice: with it, the drop test of :func:`overlap_changes` gave no p below 0.05 in 200
+    null replicates (tests/test_overlap_seeds.py).
+    """
+    L = O.shape[1]
+    li = rng.integers(0, L, size=(n_boot, L)) if lang_idx is None else lang_idx
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: the diagonal
+        Obar = np.nanmean(O, axis=0)  # (L, L)
+        sub = Obar[li[:, :, None], li[:, None, :]]  # (B, L, L)
+        upper = np.triu(np.ones((L, L), dtype=bool), 1)[None] & (li[:, :, None] != li[:, None, :])
+        sub = np.where(upper, sub, np.nan)
+        return np.nanmean(sub.reshape(n_boot, -1), axis=1)
+
+
+#: Columns :func:`average_with_intervals` adds to :data:`AVERAGE_COLUMNS`.
+AVERAGE_CI_COLUMNS = ["n_seeds", "overlap_lo", "overlap_hi", "self_overlap_rate"]
+
+
+def average_with_intervals(pairs: pd.DataFrame, self_table: pd.DataFrame | None = None,
+                           n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Average overlap per (checkpoint, layer, attribute) with a bootstrap interval and the ceiling.
+
+    The point estimate is :func:`average_overlap`'s (mean over pairs and seeds). The interval is
+    the percentile interval of a bootstrap that resamples languages as clusters (pairs
+    sharing a language are not independent; Field & Welsh 2007) on the seed-averaged
+    overlaps, so it covers the seed noise (through each pair's value) and the choice of
+    languages (see ``_boot_average``). ``self_overlap_rate``
+    is the mean over languages of :func:`self_overlap` (NaN with one seed), next to
+    ``chance_rate`` = k/d.
+
+    Args:
+        pairs: per-seed :func:`overlap_pairs` output (a ``seed`` column; without one, one seed).
+        self_table: :func:`self_overlap` output, or None.
+        n_boot: bootstrap resamples (>= 100). confidence: in (0, 1). seed: numpy seed.
+
+    Returns:
+        :data:`AVERAGE_COLUMNS` + :data:`AVERAGE_CI_COLUMNS`.
+
+    Raises:
+        ValueError: ``n_boot`` < 100 or ``confidence`` out of (0, 1).
+    """
+    if n_boot < 100 or not 0 < confidence < 1:
+        raise ValueError(f"average_with_intervals: n_boot={n_boot} must be >= 100 and confidence={confidence} in (0, 1)")
+    avg = average_overlap(pairs.drop(columns=["seed"], errors="ignore"))
+    cols = AVERAGE_COLUMNS + AVERAGE_CI_COLUMNS
+    if avg.empty:
+        return pd.DataFrame(columns=cols)
+    avg["n_pairs"] = pairs.drop_duplicates(_PAIR_KEYS).groupby(
+        ["checkpoint", "layer", "attribute"], sort=False).size().reindex(
+        pd.MultiIndex.from_frame(avg[["checkpoint", "layer", "attribute"]])).to_numpy()
+    rng = np.random.default_rng(seed)
+    lo, hi, ns = [], [], []
+    groups = dict(tuple(pairs.groupby(["checkpoint", "layer", "attribute"], sort=False)))
+    for key in zip(avg["checkpoint"], avg["layer"], avg["attribute"]):
+        _, O = _rate_cube(groups[key])
+        b = _boot_average(O, rng, n_boot)
+        q = np.nanquantile(b, [(1 - confidence) / 2, (1 + confidence) / 2]) if np.isfinite(b).any() else [np.nan] * 2
+        lo.append(float(q[0]))
+        hi.append(float(q[1]))
+        ns.append(O.shape[0])
+    avg["n_seeds"], avg["overlap_lo"], avg["overlap_hi"] = ns, lo, hi
+    if self_table is not None and len(self_table):
+        ceil = self_table.groupby(["checkpoint", "layer", "attribute"])["self_overlap_rate"].mean()
+        avg["self_overlap_rate"] = [float(ceil.get(k, np.nan)) for k in
+                                    zip(avg["checkpoint"], avg["layer"], avg["attribute"])]
+    else:
+        avg["self_overlap_rate"] = np.nan
+    return avg[cols]
+
+
+#: Columns of :func:`overlap_changes`.
+CHANGE_COLUMNS = ["layer", "attribute", "checkpoint_from", "checkpoint_to", "step_from", "step_to",
+                  "overlap_from", "overlap_to", "delta", "delta_lo", "delta_hi", "p_value", "p_holm",
+                  "significant", "drop"]
+
+
+def overlap_changes(pairs: pd.DataFrame, alpha: float = 0.05, n_boot: int = 2000, confidence: float = 0.95,
+                    seed: int = 0) -> pd.DataFrame:
+    """Does the average overlap change between consecutive checkpoints beyond seed noise?
+
+    For each (layer, attribute) and consecutive checkpoints t, t+1 (by step; the final model,
+    step NaN, last), Δ = average overlap at t+1 minus at t over the languages both have. Its
+    bootstrap distribution resamples languages as clusters with the *same* draw for both
+    checkpoints (the comparison is paired by language pair) on the seed-averaged overlaps,
+    so each pair's seed noise at both checkpoints is in the spread; the two-sided bootstrap p-value is
+    ``min(1, 2 min(P*(Δ* <= 0), P*(Δ* >= 0)))`` with the +1 correction
+    (Davison & Hinkley 1997, Sec. 4.4), and the p-values of one (layer, attribute) are
+    Holm-corrected over its steps (statsmodels). ``drop`` = significant and Δ < 0: the
+    drops the paper discusses (Sec. 4), marked in Figures 1 and 3.
+
+    Args:
+        pairs: per-seed :func:`overlap_pairs` output. alpha: family-wise error rate per
+            (layer, attribute). n_boot: resamples (>= 100). confidence: of ``delta_lo/hi``.
+        seed: numpy seed.
+
+    Returns:
+        :data:`CHANGE_COLUMNS`, one row per consecutive pair of checkpoints.
+
+    Raises:
+        ValueError: alpha, confidence out of (0, 1) or n_boot < 100.
+    """
+    if not 0 < alpha < 1 or not 0 < confidence < 1 or n_boot < 100:
+        raise ValueError(f"overlap_changes: need alpha, confidence in (0, 1) and n_boot >= 100, "
+                         f"got {alpha}, {confidence}, {n_boot}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (layer, attr), g in pairs.groupby(["layer", "attribute"], sort=True):
+        steps = g.drop_duplicates("checkpoint").sort_values("step", na_position="last")
+        ckpts = list(steps["checkpoint"])
+        family = []
+        for a, b in zip(ckpts, ckpts[1:]):
+            ga, gb = g[g.checkpoint == a], g[g.checkpoint == b]
+            la, Oa = _rate_cube(ga)
+            lb, Ob = _rate_cube(gb)
+            common = sorted(set(la) & set(lb))
+            if len(common) < 3:
+                continue
+            Oa = Oa[:, [la.index(x) for x in common]][:, :, [la.index(x) for x in common]]
+            Ob = Ob[:, [lb.index(x) for x in common]][:, :, [lb.index(x) for x in common]]
+            iu = np.triu_indices(len(common), 1)
+            x_a, x_b = float(np.nanmean(Oa[:, iu[0], iu[1]])), float(np.nanmean(Ob[:, iu[0], iu[1]]))
+            li = rng.integers(0, len(common), size=(n_boot, len(common)))
+            delta = _boot_average(Ob, rng, n_boot, li) - _boot_average(Oa, rng, n_boot, li)
+            delta = delta[np.isfinite(delta)]
+            p = min(1.0, 2 * min((1 + np.sum(delta <= 0)) / (1 + len(delta)), (1 + np.sum(delta >= 0)) / (1 + len(delta))))
+            q = np.quantile(delta, [(1 - confidence) / 2, (1 + confidence) / 2])
+            sa, sb = steps.set_index("checkpoint")["step"][a], steps.set_index("checkpoint")["step"][b]
+            family.append(dict(layer=int(layer), attribute=attr, checkpoint_from=a, checkpoint_to=b,
+                               step_from=sa, step_to=sb, overlap_from=x_a, overlap_to=x_b, delta=x_b - x_a,
+                               delta_lo=float(q[0]), delta_hi=float(q[1]), p_value=p))
+        if family:
+            with _gc_frozen():
+                _, p_holm, _, _ = multipletests([r["p_value"] for r in family], alpha=alpha, method="holm")
+            for r, ph in zip(family, p_holm):
+                r.update(p_holm=float(ph), significant=bool(ph < alpha), drop=bool(ph < alpha and r["delta"] < 0))
+            rows += family
+    out = pd.DataFrame(rows, columns=CHANGE_COLUMNS)
+    return out.astype({"step_from": "Int64", "step_to": "Int64", "significant": "bool", "drop": "bool"})

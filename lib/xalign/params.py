@@ -207,6 +207,28 @@ class ProbeParams(_Strict):
     #: (selection.retrained_mi): the meaningful all-d reference; the latent probe's own
     #: all-d MI (dev_mi_all) is off its training distribution. Costs a few seconds a probe.
     retrain: bool = True
+    #: probe seeds, trained as one batched computation per dataset (xalign.probe.train_probes);
+    #: every selection carries its seed, overlaps get intervals over seeds. None: [seed].
+    seeds: list[int] | None = None
+    #: also run stability selection (Meinshausen & Buhlmann 2010; xalign.selection.stability_select)
+    #: over the seeds x stability_resamples dev half-subsamples: probing/stability.parquet and
+    #: overlap/pairs_stability.parquet. "greedy": per-seed greedy selections only.
+    selection: Literal["greedy", "stability"] = "greedy"
+    stability_resamples: int = Field(10, ge=0)
+    stability_threshold: float = Field(0.6, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_seeds(self) -> "ProbeParams":
+        if self.seeds is not None:
+            if not self.seeds:
+                raise _KeyError("probe.seeds", "is empty; give at least one seed, or null for [seed]")
+            if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+                raise _KeyError("probe.seeds", f"{self.seeds} must be distinct integers >= 0")
+        return self
+
+    def seed_list(self, seed: int) -> list[int]:
+        """The probe seeds: ``seeds``, or ``[seed]`` (the run's seed) when it is null."""
+        return list(self.seeds) if self.seeds is not None else [int(seed)]
 
     @model_validator(mode="after")
     def _entropy_needs_full_batch(self) -> "ProbeParams":

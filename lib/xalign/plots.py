@@ -77,6 +77,56 @@ def _chance_lines(ax, values: Iterable[float], vertical: bool = False) -> None:
         (ax.axvline if vertical else ax.axhline)(v, label=label, **_CHANCE_STYLE)
 
 
+def _band(ax, x, df: pd.DataFrame, lo: str, hi: str, color, label: str | None = None) -> None:
+    """Shade the interval ``df[lo]..df[hi]`` (if the columns exist and are finite somewhere)."""
+    if lo in df.columns and hi in df.columns and np.isfinite(df[lo].to_numpy(float)).any():
+        ax.fill_between(np.asarray(x, float), df[lo].to_numpy(float), df[hi].to_numpy(float),
+                        color=color, alpha=0.18, linewidth=0, label=label)
+
+
+def _ceiling(ax, x, df: pd.DataFrame, color) -> None:
+    """Dotted line: the self-overlap ceiling (two seeds of the same language), if known."""
+    if "self_overlap_rate" in df.columns and np.isfinite(df["self_overlap_rate"].to_numpy(float)).any():
+        ax.plot(np.asarray(x, float), df["self_overlap_rate"].to_numpy(float), color=color, linestyle=":",
+                linewidth=1.2, label="self-overlap ceiling (seeds)")
+
+
+def _mark_drops(ax, changes: pd.DataFrame | None, layer: int, attribute: str, color="C3") -> None:
+    """Down-triangles at the checkpoints whose average overlap dropped significantly
+    (:func:`xalign.overlap.overlap_changes`, Holm over steps)."""
+    if changes is None or changes.empty:
+        return
+    d = changes[(changes["layer"] == layer) & (changes["attribute"] == attribute) & changes["drop"]
+                & changes["step_to"].notna()]
+    if len(d):
+        ax.scatter(d["step_to"].astype(float), d["overlap_to"], marker="v", s=70, facecolor="none",
+                   edgecolor=color, linewidth=1.5, zorder=4, label="significant drop (Holm)")
+
+
+def _yerr(df: pd.DataFrame, mid: str, lo: str, hi: str) -> np.ndarray | None:
+    """(2, n) error-bar lengths from interval columns, or None when absent or all NaN."""
+    if lo not in df.columns or hi not in df.columns or not np.isfinite(df[lo].to_numpy(float)).any():
+        return None
+    m = df[mid].to_numpy(float)
+    return np.nan_to_num(np.vstack([m - df[lo].to_numpy(float), df[hi].to_numpy(float) - m]).clip(min=0))
+
+
+def _mean_ci(transfer: pd.DataFrame, mean_rows: pd.DataFrame, task: str, source: str,
+             metrics: Mapping[str, str] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Normal-approximation 95% interval of the mean over target languages per checkpoint:
+    each language's standard error from its bootstrap interval, ``(hi - lo) / (2 · 1.96)``,
+    combined as independent, ``sqrt(Σ se²) / L``. None without ``ci_low/ci_high``."""
+    s = task_scores(transfer, source=source, metrics=metrics)
+    s = s[s["task"] == task]
+    if "ci_low" not in s.columns or not np.isfinite(s["ci_low"].to_numpy(float)).any():
+        return None
+    se = ((s["ci_high"] - s["ci_low"]) / (2 * 1.959964)).pow(2).groupby(s["checkpoint"]).agg(["sum", "size"])
+    half = 1.959964 * np.sqrt(se["sum"]) / se["size"]
+    h = mean_rows["checkpoint"].map(half).to_numpy(float)
+    v = mean_rows["value"].to_numpy(float)
+    return v - h, v + h
+
+
 def _fig_legend(fig: Figure, axes: list, title: str, first: Sequence[str] = ()) -> None:
     """One legend for all panels, right of them: labels in ``first`` order, then the rest."""
     seen: dict[str, object] = {}
@@ -136,14 +186,17 @@ def last_checkpoint(table: pd.DataFrame) -> str:
 
 # ---- figures ---------------------------------------------------------------------------
 def fig_overlap_vs_step(avg: pd.DataFrame, attributes: Iterable[str] | None = None,
-                        layers: Iterable[int] | None = None) -> Figure:
+                        layers: Iterable[int] | None = None, changes: pd.DataFrame | None = None) -> Figure:
     """Figure 1 (Wang et al. 2024): average cross-lingual overlap rate vs training step.
 
-    One panel per attribute, one line per layer ℓ, log-x, chance rate k/d dashed.
+    One panel per attribute, one line per layer ℓ, log-x, chance rate k/d dashed; with the
+    columns of :func:`xalign.overlap.average_with_intervals`, the 95% interval as a band and
+    the self-overlap ceiling dotted; significant drops (``changes``) marked ▽.
 
     Args:
-        avg: output of :func:`xalign.overlap.average_overlap`.
+        avg: output of :func:`xalign.overlap.average_overlap` or ``average_with_intervals``.
         attributes, layers: subsets to draw (default all).
+        changes: :func:`xalign.overlap.overlap_changes` output, or None.
 
     Raises:
         ValueError: nothing to draw (no rows with a step for the chosen subsets).
@@ -159,14 +212,19 @@ def fig_overlap_vs_step(avg: pd.DataFrame, attributes: Iterable[str] | None = No
     for ax, attr in zip(axes, attrs):
         g = df[df["attribute"] == attr]
         for layer, gl in g.groupby("layer", sort=True):
-            ax.plot(gl["step"], gl["overlap_rate"], marker="o", ms=4, color=f"C{int(layer) % 10}",
-                    label=f"ℓ = {layer}")
+            color = f"C{int(layer) % 10}"
+            ax.plot(gl["step"], gl["overlap_rate"], marker="o", ms=4, color=color, label=f"ℓ = {layer}")
+            _band(ax, gl["step"], gl, "overlap_lo", "overlap_hi", color, "95% interval (seeds, languages)")
+            _ceiling(ax, gl["step"], gl, color)
+            _mark_drops(ax, changes, int(layer), attr)
         _chance_lines(ax, g["chance_rate"])
         _step_axis(ax, g["step"])
         ax.set_title(attr)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(OVERLAP_LABEL)
-    top = float(np.nanmax(np.r_[df["overlap_rate"].to_numpy(float), df["chance_rate"].to_numpy(float)]))
+    tops = [df[c].to_numpy(float) for c in ("overlap_rate", "chance_rate", "overlap_hi", "self_overlap_rate")
+            if c in df.columns]
+    top = float(np.nanmax(np.concatenate(tops)))
     axes[0].set_ylim(0, max(top * 1.08, 0.05))
     _fig_legend(fig, axes, "layer")
     fig.suptitle("Average cross-lingual neuron overlap over training (mean over language pairs)")
@@ -205,6 +263,9 @@ def fig_overlap_vs_layer(avg: pd.DataFrame, checkpoint: str | None = None,
         style = dict(marker=_MARKERS[i % len(_MARKERS)], ms=5, color=f"C{i % 10}",
                      linestyle="-" if i < 10 else "-.") if many else dict(marker="o", ms=4)
         ax.plot(g["layer"], g["overlap_rate"], label=attr, **style)
+        if not many and {"overlap_lo", "overlap_hi"} <= set(g.columns):
+            ax.errorbar(g["layer"], g["overlap_rate"], yerr=_yerr(g, "overlap_rate", "overlap_lo", "overlap_hi"),
+                        fmt="none", ecolor=ax.lines[-1].get_color(), capsize=3, linewidth=1)
     _chance_lines(ax, df["chance_rate"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(LAYER_LABEL)
@@ -260,12 +321,16 @@ def _attribute_layer_heatmap(fig: Figure, ax, df: pd.DataFrame) -> None:
 
 def fig_overlap_transfer_vs_step(avg: pd.DataFrame, transfer: pd.DataFrame, layer: int,
                                  attributes: Iterable[str] | None = None, *, source: str = "en",
-                                 metrics: Mapping[str, str] | None = None) -> Figure:
+                                 metrics: Mapping[str, str] | None = None,
+                                 changes: pd.DataFrame | None = None) -> Figure:
     """Figure 3 (Wang et al. 2024): overlap, XNLI and POS transfer vs training step.
 
     Stacked panels sharing the log-x step axis: (1) average overlap at layer ℓ, one line
     per attribute, chance k/d dashed; (2..) per task, the transfer score averaged over
-    target languages (source and "en-dev" excluded).
+    target languages (source and "en-dev" excluded). Bands: the overlap's 95% interval
+    (seeds and languages) and, when the transfer table has ``ci_low/ci_high`` per language,
+    a normal-approximation 95% interval of the mean over targets (languages' bootstrap
+    intervals combined as independent); significant overlap drops (``changes``) marked ▽.
 
     Raises:
         ValueError: no overlap rows for the layer, or no stepped rows.
@@ -277,8 +342,10 @@ def fig_overlap_transfer_vs_step(avg: pd.DataFrame, transfer: pd.DataFrame, laye
     tasks = _tasks(mt["task"]) if len(mt) else []
     fig, axes = _figure(1 + len(tasks), ncols=1, panel=(6.5, 2.6), sharex=True)
     ax = axes[0]
-    for attr, g in ov.groupby("attribute", sort=True):
-        ax.plot(g["step"], g["overlap_rate"], marker="o", ms=4, label=attr)
+    for i, (attr, g) in enumerate(ov.groupby("attribute", sort=True)):
+        ax.plot(g["step"], g["overlap_rate"], marker="o", ms=4, label=attr, color=f"C{i % 10}")
+        _band(ax, g["step"], g, "overlap_lo", "overlap_hi", f"C{i % 10}")
+        _mark_drops(ax, changes, layer, attr, color=f"C{i % 10}")
     _chance_lines(ax, ov["chance_rate"])
     ax.set_ylabel("overlap rate\n|A∩B| / k")
     ax.set_ylim(bottom=0)
@@ -287,6 +354,10 @@ def fig_overlap_transfer_vs_step(avg: pd.DataFrame, transfer: pd.DataFrame, laye
     for ax, task in zip(axes[1:], tasks):
         g = mt[mt["task"] == task]
         ax.plot(g["step"], g["value"], marker="s", ms=4, color="C3", label="mean over targets")
+        ci = _mean_ci(transfer, g, task, source, metrics)
+        if ci is not None:
+            ax.fill_between(g["step"].to_numpy(float), ci[0], ci[1], color="C3", alpha=0.18, linewidth=0,
+                            label="95% interval (eval examples)")
         if task == "xnli":
             _xnli_chance(ax, g["value"])
         ax.set_ylabel(_score_label(task, str(g["metric"].iloc[0]), g["value"]))
@@ -305,7 +376,9 @@ def fig_pairwise_scatter(pairs: pd.DataFrame, transfer: pd.DataFrame, layer: int
 
     One panel per task; one point per (target language, checkpoint), coloured by
     language; least-squares line and Pearson r (two-sided p, n) in the panel title;
-    chance rate k/d as a dashed vertical line.
+    chance rate k/d as a dashed vertical line; error bars: the overlap's interval over
+    seeds (``overlap_lo/hi`` of :func:`xalign.overlap.summarise_seeds`) and the score's
+    bootstrap interval (``ci_low/ci_high``), where the tables have them.
 
     Raises:
         ValueError: no source–target overlap rows for (layer, attribute).
@@ -318,8 +391,10 @@ def fig_pairwise_scatter(pairs: pd.DataFrame, transfer: pd.DataFrame, layer: int
     tasks = _tasks(scores["task"])
     if not tasks:
         raise ValueError("transfer table: no rows with a task's main metric on a target language")
-    m_all = piv[["checkpoint", "language", "overlap_rate"]].merge(
-        scores[["checkpoint", "task", "metric", "language", "value"]], on=["checkpoint", "language"])
+    xcols = [c for c in ("overlap_lo", "overlap_hi") if c in piv.columns]
+    ycols = [c for c in ("ci_low", "ci_high") if c in scores.columns]
+    m_all = piv[["checkpoint", "language", "overlap_rate", *xcols]].merge(
+        scores[["checkpoint", "task", "metric", "language", "value", *ycols]], on=["checkpoint", "language"])
     langs = sorted(m_all["language"].unique())
     colors = _lang_colors(langs)
     fig, axes = _figure(len(tasks), panel=(4.8, 4.0))
@@ -327,6 +402,11 @@ def fig_pairwise_scatter(pairs: pd.DataFrame, transfer: pd.DataFrame, layer: int
         m = m_all[m_all["task"] == task]
         for lang, g in m.groupby("language", sort=True):
             ax.scatter(g["overlap_rate"], g["value"], s=22, color=colors[lang], label=lang, alpha=0.85)
+            xerr = _yerr(g, "overlap_rate", "overlap_lo", "overlap_hi")
+            yerr = _yerr(g, "value", "ci_low", "ci_high")
+            if xerr is not None or yerr is not None:
+                ax.errorbar(g["overlap_rate"], g["value"], xerr=xerr, yerr=yerr, fmt="none",
+                            ecolor=colors[lang], alpha=0.45, linewidth=0.8)
         r, p, n = pearson(m["overlap_rate"], m["value"])
         if np.isfinite(r):
             slope, icpt = np.polyfit(m["overlap_rate"].astype(float), m["value"].astype(float), 1)
@@ -349,7 +429,8 @@ def fig_transfer_vs_step(transfer: pd.DataFrame, *, source: str = "en",
     """Figure 5 (Wang et al. 2024): per-language zero-shot transfer vs training step.
 
     One panel per task, one line per language; the source language's own test score is
-    drawn in black, "en-dev" is left out; XNLI's 3-class chance level is dotted.
+    drawn in black, "en-dev" is left out; XNLI's 3-class chance level is dotted; each
+    language's 95% bootstrap interval over evaluation examples (``ci_low/ci_high``) shaded.
 
     Raises:
         ValueError: no stepped rows with a task's main metric.
@@ -363,11 +444,13 @@ def fig_transfer_vs_step(transfer: pd.DataFrame, *, source: str = "en",
     for ax, task in zip(axes, tasks):
         g = s[s["task"] == task]
         for lang, gl in g.groupby("language", sort=True):
+            color = "k" if lang == source else colors[lang]
             if lang == source:
                 ax.plot(gl["step"], gl["value"], color="k", linewidth=2.2, marker="o", ms=3,
                         label=f"{lang} (source)", zorder=3)
             else:
-                ax.plot(gl["step"], gl["value"], color=colors[lang], marker="o", ms=3, label=lang)
+                ax.plot(gl["step"], gl["value"], color=color, marker="o", ms=3, label=lang)
+            _band(ax, gl["step"], gl, "ci_low", "ci_high", color)
         if task == "xnli":
             _xnli_chance(ax, g["value"])
         _step_axis(ax, g["step"])

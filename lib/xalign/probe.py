@@ -94,7 +94,7 @@ and no step copies data. Small probes are dominated by per-op overhead: on a bus
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -429,7 +429,7 @@ def train_probe(X: Tensor, y: Tensor, n_classes: int, config: ProbeConfig = Prob
             minibatches (``config.batch_size`` < training examples) with
             ``config.entropy_scale="per_example"``.
     """
-    return _train(X, y, n_classes, config, latent=True)
+    return _train_seeds(X, y, n_classes, config, None, latent=True)[0]
 
 
 def train_linear_probe(X: Tensor, y: Tensor, n_classes: int,
@@ -444,7 +444,7 @@ def train_linear_probe(X: Tensor, y: Tensor, n_classes: int,
     Raises:
         ValueError: as :func:`train_probe`.
     """
-    return _train(X, y, n_classes, config, latent=False)
+    return _train_seeds(X, y, n_classes, config, None, latent=False)[0]
 
 
 class _Adam:
@@ -683,3 +683,231 @@ def train_l2_probe(X: Tensor, y: Tensor, n_classes: int, config: ProbeConfig = P
     W, b, _ = _fit_l2(X, Y1hT, history[best]["l2"], fits[best], max_iter)
     return LatentProbe(W=W, b=b, phi=torch.full((d,), math.inf),
                        label_prior=label_prior(y, C), history=history, best_epoch=best, config=config)
+
+
+# ---------------------------------------------------------------------------------------
+# several seeds as one computation
+
+
+def train_probes(X: Tensor, y: Tensor, n_classes: int, config: ProbeConfig = ProbeConfig(),
+                 seeds: list[int] | tuple[int, ...] | None = None) -> list[LatentProbe]:
+    """Train the latent probe of :func:`train_probe` once per seed, the seeds batched.
+
+    Each seed ``s`` gives exactly the probe of ``train_probe(X, y, C, replace(config, seed=s))``
+    (same held-out split, masks and evaluation masks, drawn from a generator seeded with
+    ``s``), up to float rounding: with a full batch the seeds run as one computation, every
+    parameter and data tensor getting a leading seed dimension R, so one step is one batched
+    matrix product ``(R, S·C, d) @ (R, d, n)`` instead of R small ones (the per-op overhead
+    dominates small probes). A seed that stops early is dropped from the batch. Minibatches
+    (``batch_size`` < training examples) run the seeds one after another.
+
+    Args:
+        X: (N, d) float word vectors. y: (N,) int labels in ``[0, n_classes)``.
+        n_classes: C >= 2. config: as :func:`train_probe`; its ``seed`` is ignored when
+            ``seeds`` is given.
+        seeds: distinct ints >= 0; default ``[config.seed]``.
+
+    Returns:
+        One :class:`LatentProbe` per seed, in the order of ``seeds``; ``probe.config.seed`` is its seed.
+
+    Raises:
+        ValueError: as :func:`train_probe`, or for empty, repeated or negative seeds.
+    """
+    return _train_seeds(X, y, n_classes, config, seeds, latent=True)
+
+
+def _seed_list(seeds, config: ProbeConfig, name: str) -> list[int]:
+    seeds = [config.seed] if seeds is None else list(seeds)
+    if (not seeds or len(set(seeds)) != len(seeds)
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
+        raise ValueError(f"{name}: seeds must be distinct ints >= 0, got {seeds!r}")
+    return seeds
+
+
+def _train_seeds(X: Tensor, y: Tensor, n_classes: int, config: ProbeConfig, seeds, latent: bool
+                 ) -> list[LatentProbe]:
+    """Dispatch: one batched full-batch run over ``seeds``, or minibatch runs one seed at a time."""
+    name = "train_probe" if latent else "train_linear_probe"
+    if not isinstance(config, ProbeConfig):
+        raise ValueError(f"{name}: config must be a ProbeConfig, got {type(config).__name__}")
+    seeds = _seed_list(seeds, config, name)
+    configs = [replace(config, seed=s) for s in seeds]
+    X = _check_X(X, f"{name}: X")
+    n_tr = X.shape[0] - int(round(config.held_out_fraction * X.shape[0]))
+    if config.batch_size is not None and config.batch_size < n_tr:
+        return [_train(X, y, n_classes, c, latent=latent) for c in configs]
+    return _BatchedTrainer(X, y, n_classes, configs, latent, name).run()
+
+
+class _BatchedTrainer:
+    """Full-batch training of R probes (one per config, i.e. per seed) as one computation.
+
+    State tensors carry a leading seed dimension: W (R, d, C), b (R, C), φ (R, d), the
+    training blocks XT (R, d, n), the held-out blocks (R, d, n_ho). Seeds whose early
+    stopping fired are removed from every tensor (``_keep``).
+    """
+
+    def __init__(self, X: Tensor, y: Tensor, n_classes: int, configs: list[ProbeConfig], latent: bool,
+                 name: str) -> None:
+        if isinstance(n_classes, bool) or int(n_classes) != n_classes or n_classes < 2:
+            raise ValueError(f"{name}: n_classes must be an int >= 2, got {n_classes!r}")
+        self.C = C = int(n_classes)
+        y = _check_y(y, f"{name}: y", X.shape[0], C)
+        N, self.d = X.shape
+        cfg = self.cfg = configs[0]
+        self.configs, self.latent = configs, latent
+        splits = [held_out_split(N, cfg.held_out_fraction, c.seed, what=name) for c in configs]
+        self.gens = [torch.Generator().manual_seed(c.seed) for c in configs]
+        tr = torch.stack([s[0] for s in splits])  # (R, n_tr)
+        ho = torch.stack([s[1] for s in splits])  # (R, n_ho)
+        self.n_tr = tr.shape[1]
+        self.XT = X[tr].transpose(1, 2).contiguous()  # (R, d, n_tr)
+        self.ytr = y[tr]
+        self.Y1hT = F.one_hot(self.ytr, C).transpose(1, 2).to(torch.float32).contiguous()  # (R, C, n_tr)
+        self.XTho, self.yho = X[ho].transpose(1, 2).contiguous(), y[ho]
+        self.prior = label_prior(y, C)
+        R = len(configs)
+        self.W = torch.zeros(R, self.d, C)
+        self.b = torch.stack([torch.log(label_prior(t, C)) for t in self.ytr])
+        self.phi = torch.zeros(R, self.d)
+        self.opt = _Adam([self.W, self.b, self.phi] if latent else [self.W, self.b], cfg.lr,
+                         [cfg.weight_decay, 0.0, 0.0])
+        self.lam = (1.0 / self.n_tr) if cfg.entropy_scale == "per_example" else 1.0
+        self.noise_eval = torch.stack([_eval_noise(self.d, c.seed) for c in configs]) if latent else None
+        self.active = list(range(R))  # positions in ``configs`` of the rows of the state tensors
+        self.ema: Tensor | None = None
+
+    def _masks(self) -> Tensor:
+        """(R_active, S, d) masks, each seed's drawn from its own generator."""
+        S = self.cfg.mc_samples
+        if not self.latent:
+            return torch.ones(len(self.active), 1, self.d)
+        p = torch.sigmoid(self.phi)
+        u = torch.stack([torch.rand(S, self.d, generator=self.gens[i]) for i in self.active])
+        return (u < p[:, None, :]).to(torch.float32)
+
+    def _step(self) -> tuple[Tensor, Tensor]:
+        """One Adam step of every active seed. Returns (train loglik (R,), ELBO (R,))."""
+        M = self._masks()
+        f, gW, gb = _step_grads_batched(self.XT, self.ytr, self.Y1hT, self.W, self.b, M)
+        ll = f.mean(dim=1)
+        if not self.latent:
+            self.opt.step([gW, gb])
+            return ll, ll
+        p = torch.sigmoid(self.phi)
+        gphi = -(_score_grad_batched(f, M, p, self.ema) + self.lam * _entropy_grad(self.phi))
+        if f.shape[1] == 1:
+            self.ema = ll.clone() if self.ema is None else _EMA_DECAY * self.ema + (1 - _EMA_DECAY) * ll
+        ent = self._entropy()
+        self.opt.step([gW, gb, gphi])
+        return ll, ll + self.lam * ent
+
+    def _held_out(self) -> Tensor:
+        """(R_active,) held-out log-likelihood with the fixed evaluation masks."""
+        if self.latent:
+            M = (self.noise_eval < torch.sigmoid(self.phi)[:, None, :]).to(torch.float32)
+        else:
+            M = torch.ones(len(self.active), 1, self.d)
+        ll = _masked_forward_batched(self.XTho, self.yho, self.W, self.b, M)[2]
+        return ll.to(torch.float64).mean(dim=(1, 2))
+
+    def _keep(self, rows: list[int]) -> None:
+        """Keep only the state rows ``rows`` (seeds still training)."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        for attr in ("XT", "ytr", "Y1hT", "XTho", "yho", "W", "b", "phi", "noise_eval", "ema"):
+            t = getattr(self, attr)
+            if t is not None:
+                setattr(self, attr, t[idx].contiguous())
+        self.opt.params = [self.W, self.b, self.phi][:len(self.opt.params)]
+        self.opt.m = [m[idx].contiguous() for m in self.opt.m]
+        self.opt.v = [v[idx].contiguous() for v in self.opt.v]
+        self.active = [self.active[r] for r in rows]
+
+    def run(self) -> list[LatentProbe]:
+        R, cfg = len(self.configs), self.cfg
+        history: list[list[dict]] = [[] for _ in range(R)]
+        best: list[tuple[float, int, tuple | None]] = [(-math.inf, -1, None)] * R
+        done: dict[int, tuple] = {}
+        for epoch in range(cfg.max_epochs):
+            ll, elbo = self._step()
+            ho = self._held_out()
+            ent = self._entropy() if self.latent else torch.zeros(len(self.active))
+            # per row, as train_probe reduces them (a (R, d) reduction rounds differently)
+            marg = (torch.stack([torch.sigmoid(p).mean() for p in self.phi]) if self.latent
+                    else torch.ones(len(self.active)))
+            keep = []
+            rows = torch.stack([elbo.double(), ll.double(), ent.double(), ho, marg.double()], dim=1).tolist()
+            for r, i in enumerate(self.active):
+                e, t, h_q, h, m = rows[r]
+                history[i].append({"epoch": epoch, "train_elbo": e, "train_loglik": t, "entropy": h_q,
+                                   "held_out_loglik": h, "mean_marginal": m})
+                if best[i][1] < 0 or h > best[i][0]:
+                    best[i] = (h, epoch, self._state(r) if cfg.restore == "best" else None)
+                elif epoch - best[i][1] >= cfg.patience:
+                    done[i] = (h, epoch, self._state(r))
+                    continue
+                keep.append(r)
+            if not keep:
+                break
+            if len(keep) < len(self.active):
+                self._keep(keep)
+        for r, i in enumerate(self.active):  # ran to max_epochs
+            done.setdefault(i, (None, cfg.max_epochs - 1, self._state(r)))
+        return [self._probe(i, best[i], done[i], history[i]) for i in range(R)]
+
+    def _entropy(self) -> Tensor:
+        """(R_active,) H(q) per seed, each reduced as :func:`train_probe` reduces it."""
+        return torch.stack([_bernoulli_entropy(p) for p in self.phi])
+
+    def _state(self, r: int) -> tuple[Tensor, Tensor, Tensor]:
+        return self.W[r].clone(), self.b[r].clone(), self.phi[r].clone()
+
+    def _probe(self, i: int, best: tuple, last: tuple, history: list[dict]) -> LatentProbe:
+        epoch, (W, b, phi) = (last[1], last[2]) if self.cfg.restore == "last" else (best[1], best[2])
+        if not self.latent:
+            phi = torch.full((self.d,), math.inf)
+        return LatentProbe(W=W, b=b, phi=phi, label_prior=self.prior, history=history,
+                           best_epoch=epoch, config=self.configs[i])
+
+
+def _masked_forward_batched(XT: Tensor, y: Tensor, W: Tensor, b: Tensor, M: Tensor
+                            ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_masked_forward` with a leading seed dimension R.
+
+    Args: XT (R, d, n), y (R, n), W (R, d, C), b (R, C), M (R, S, d) 0/1 masks.
+
+    Returns:
+        P (R, S, C, n) unnormalised softmax, s (R, S, 1, n) its class sum,
+        ll (R, S, n) ``log p(y_n | x_n ⊙ m_s)``; one ``baddbmm`` for all seeds and masks.
+    """
+    R, S, d = M.shape
+    C, n = W.shape[2], XT.shape[2]
+    WT = (M[:, :, None, :] * W.transpose(1, 2)[:, None]).reshape(R, S * C, d)
+    Z = torch.baddbmm(b.repeat(1, S)[:, :, None], WT, XT).view(R, S, C, n)
+    Z.sub_(Z.amax(dim=2, keepdim=True))
+    zy = Z.gather(2, y.view(R, 1, 1, n).expand(R, S, 1, n))
+    P = Z.exp_()
+    s = P.sum(dim=2, keepdim=True)
+    return P, s, (zy - s.log()).squeeze(2)
+
+
+def _step_grads_batched(XT: Tensor, y: Tensor, Y1hT: Tensor, W: Tensor, b: Tensor, M: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_step_grads` with a leading seed dimension: XT (R, d, n), y (R, n), Y1hT (R, C, n),
+    W (R, d, C), b (R, C), M (R, S, d). Returns f (R, S), gW (R, d, C), gb (R, C)."""
+    R, S, d = M.shape
+    C, n = Y1hT.shape[1:]
+    P, s, ll = _masked_forward_batched(XT, y, W, b, M)
+    G = P.div_(s).sub_(Y1hT[:, None]).div_(n * S)  # (R, S, C, n)
+    gW = (torch.bmm(G.view(R, S * C, n), XT.transpose(1, 2)).view(R, S, C, d) * M[:, :, None, :]).sum(dim=1)
+    return ll.mean(dim=2), gW.transpose(1, 2), G.sum(dim=(1, 3))
+
+
+def _score_grad_batched(f: Tensor, M: Tensor, p: Tensor, ema: Tensor | None) -> Tensor:
+    """:func:`_score_grad` per seed: f (R, S), M (R, S, d), p (R, d), ema (R,) or None -> (R, d)."""
+    S = f.shape[1]
+    if S > 1:
+        baseline = (f.sum(dim=1, keepdim=True) - f) / (S - 1)
+    else:
+        baseline = f if ema is None else ema[:, None].expand_as(f)
+    return ((f - baseline)[:, :, None] * (M - p[:, None, :])).mean(dim=1)

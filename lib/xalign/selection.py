@@ -64,6 +64,11 @@ class SelectionResult:
             dimensions on (reference code's "ALL" row; off the latent probe's training
             distribution, see the module docstring; :func:`retrained_mi` is the clean reference).
         method: ``"greedy"`` or ``"weight_mass"``.
+        dev_gain: per step, the gain in mean dev log-likelihood (nats/example) of adding
+            that neuron, ``mean_n [ll_n(S_t) - ll_n(S_{t-1})]`` (step 1: over the empty set).
+        dev_gain_se: its standard error over dev examples, ``std_n(·) / sqrt(N)`` (paired:
+            the same examples before and after). A gain below about 2 SE is not
+            distinguishable from zero on this dev set: the path's picks from there on may be noise.
     """
 
     neurons: list[int]
@@ -77,6 +82,8 @@ class SelectionResult:
     test_mi_all: float | None
     test_acc_all: float | None
     method: str
+    dev_gain: list[float] | None = None
+    dev_gain_se: list[float] | None = None
 
 
 def normalised_mi(log_probs: Tensor, y: Tensor, label_prior: Tensor) -> float:
@@ -135,11 +142,22 @@ class _Path:
         self.mi: list[float] = []
         self.acc: list[float] = []
         self.loglik: list[float] = []
+        self.gain: list[float] = []
+        self.gain_se: list[float] = []
+        self._ll_n = self._example_loglik()  # (N,) of the empty set
+
+    def _example_loglik(self) -> Tensor:
+        return torch.log_softmax(self.ZT, dim=0).gather(0, self.y[None, :])[0].to(torch.float64)
 
     def add(self, c: int) -> None:
         self.ZT.addcmul_(self.probe.W[c][:, None], self.XT[c][None, :])
         lp = torch.log_softmax(self.ZT.T, dim=1)
-        self.loglik.append(float(lp.gather(1, self.y[:, None]).to(torch.float64).mean()))
+        ll_n = lp.gather(1, self.y[:, None])[:, 0].to(torch.float64)
+        diff, self._ll_n = ll_n - self._ll_n, ll_n
+        n = diff.shape[0]
+        self.gain.append(float(diff.mean()))
+        self.gain_se.append(float(diff.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan)
+        self.loglik.append(float(ll_n.mean()))
         self.mi.append(normalised_mi(lp, self.y, self.probe.label_prior))
         self.acc.append(accuracy(lp, self.y))
 
@@ -308,6 +326,108 @@ def weight_mass_select(X_train: Tensor, y_train: Tensor, n_classes: int, X_dev: 
 
 
 @dataclass
+class StabilityResult:
+    """Neurons chosen by stability selection (:func:`stability_select`).
+
+    Attributes:
+        neurons: the k dimensions with the highest selection frequency (ties: earlier mean
+            position on the greedy paths, then the lower index).
+        frequency: (d,) float, fraction of the runs (probe seeds x dev resamples) whose
+            greedy top-k contains each dimension.
+        n_runs: number of greedy runs counted.
+        threshold: the frequency ``π_thr`` asked for; ``stable`` = dimensions at or above it
+            (may be fewer or more than k).
+        stable: those dimensions, by decreasing frequency.
+    """
+
+    neurons: list[int]
+    frequency: Tensor
+    n_runs: int
+    threshold: float
+    stable: list[int]
+
+
+def selection_frequency(selections: list[list[int]], d: int, k: int, threshold: float = 0.6) -> StabilityResult:
+    """Stability selection from given top-k selections (Meinshausen & Bühlmann 2010, Sec. 2).
+
+    The frequency of a dimension is the fraction of ``selections`` containing it; the result
+    keeps the k most frequent (k fixed, as the overlap rate needs; ties broken by the mean
+    position at which the runs picked the dimension, a dimension a run did not pick
+    counting as position k, then by the lower index), and lists the dimensions with
+    frequency >= ``threshold`` (M&B's ``π_thr``, 0.6-0.9 in their paper).
+
+    Args:
+        selections: R >= 1 lists of distinct ints in [0, d), each of length >= k.
+        d: number of dimensions. k: 1 <= k <= d. threshold: in (0, 1].
+
+    Raises:
+        ValueError: empty ``selections``, a selection shorter than k or out of range, k or
+            threshold out of range.
+    """
+    _check_k(k, d, "selection_frequency")
+    if not selections:
+        raise ValueError("selection_frequency: no selections")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"selection_frequency: threshold={threshold} must be in (0, 1]")
+    pos = torch.full((len(selections), d), float(k), dtype=torch.float64)
+    for r, sel in enumerate(selections):
+        if len(sel) < k or len(set(sel)) != len(sel) or any(not 0 <= int(c) < d for c in sel):
+            raise ValueError(f"selection_frequency: selection {r} must be >= {k} distinct ints in [0, {d}), got {sel!r:.60}")
+        pos[r, torch.tensor([int(c) for c in sel[:k]])] = torch.arange(k, dtype=torch.float64)
+    freq = (pos < k).to(torch.float64).mean(dim=0)
+    mean_pos = pos.mean(dim=0)
+    order = sorted(range(d), key=lambda c: (-float(freq[c]), float(mean_pos[c]), c))
+    stable = [c for c in order if float(freq[c]) >= threshold - 1e-12]
+    return StabilityResult(neurons=order[:k], frequency=freq.to(torch.float32), n_runs=len(selections),
+                           threshold=threshold, stable=stable)
+
+
+def stability_select(probes: list[LatentProbe], X_dev: Tensor, y_dev: Tensor, k: int = 50,
+                     n_resamples: int = 10, fraction: float = 0.5, threshold: float = 0.6,
+                     seed: int = 0) -> StabilityResult:
+    """Stability selection over probe seeds and dev subsamples (Meinshausen & Bühlmann 2010).
+
+    Greedy selection (:func:`greedy_select`) is run with every probe (one per seed) on
+    ``n_resamples`` random subsamples of the dev set without replacement, each of
+    ``round(fraction * N_dev)`` examples (M&B's subsamples of size N/2), or on the whole dev
+    set when ``n_resamples == 0``; then :func:`selection_frequency`. Neurons the greedy path
+    picks only because of one seed's or one subsample's noise are rarely chosen again, so
+    the frequency ranks them below consistently informative ones.
+
+    Args:
+        probes: R >= 1 trained probes of one dataset (e.g. :func:`xalign.probe.train_probes`).
+        X_dev: (N_dev, d) float, y_dev: (N_dev,) int labels. k: 1 <= k <= d.
+        n_resamples: subsamples per probe (0 = the whole dev set once per probe).
+        fraction: subsample size as a fraction of N_dev, in (0, 1).
+        threshold: ``π_thr`` of :func:`selection_frequency`.
+        seed: seeds the subsamples.
+
+    Returns:
+        :class:`StabilityResult` over ``R * max(n_resamples, 1)`` runs.
+
+    Raises:
+        ValueError: no probes, probes of different shapes, n_resamples < 0, fraction out
+            of range or leaving fewer than 1 example, and as :func:`greedy_select`.
+    """
+    if not probes or len({(p.n_dims, p.n_classes) for p in probes}) != 1:
+        raise ValueError("stability_select: give one or more probes of the same shape")
+    if n_resamples < 0 or not 0 < fraction < 1:
+        raise ValueError(f"stability_select: n_resamples={n_resamples} must be >= 0 and fraction={fraction} in (0, 1)")
+    n = X_dev.shape[0]
+    m = int(round(fraction * n))
+    if n_resamples and m < 1:
+        raise ValueError(f"stability_select: fraction={fraction} of {n} dev examples leaves none")
+    gen = torch.Generator().manual_seed(seed)
+    subsets = [torch.randperm(n, generator=gen)[:m].sort().values for _ in range(n_resamples)] or [None]
+    runs = []
+    for probe in probes:
+        for idx in subsets:
+            Xs, ys = (X_dev, y_dev) if idx is None else (X_dev[idx], y_dev[idx])
+            runs.append(greedy_select(probe, Xs, ys, k=k).neurons)
+    return selection_frequency(runs, probes[0].n_dims, k, threshold)
+
+
+@dataclass
 class RetrainedMI:
     """Held-out MI / accuracy of plain linear probes retrained on the selected neurons and on all d.
 
@@ -442,4 +562,5 @@ def _result(probe: LatentProbe, neurons: list[int], dev: _Path, test: _Path | No
         test_mi=test.mi if test is not None else None,
         test_acc=test.acc if test is not None else None,
         dev_mi_all=dev_mi_all, dev_acc_all=dev_acc_all,
-        test_mi_all=test_mi_all, test_acc_all=test_acc_all, method=method)
+        test_mi_all=test_mi_all, test_acc_all=test_acc_all, method=method,
+        dev_gain=dev.gain, dev_gain_se=dev.gain_se)

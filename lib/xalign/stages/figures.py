@@ -29,35 +29,37 @@ def plan(ctx: Context) -> Iterator[list[Unit]]:
     """One unit over the overlap pairs and, with transfer tasks, the transfer results."""
     P, run = ctx.P, ctx.run_dir
     f_pairs, f_tr = run / "overlap" / "pairs.parquet", run / "transfer" / "results.parquet"
+    f_avg, f_ch = run / "overlap" / "average.parquet", run / "overlap" / "changes.parquet"
     use_transfer = bool(P.transfer.tasks) and f_tr.is_file()
-    inputs = {"pairs": ctx.sha(f_pairs), **({"transfer": ctx.sha(f_tr)} if use_transfer else {})}
+    inputs = {"pairs": ctx.sha(f_pairs), "average": ctx.sha(f_avg), "changes": ctx.sha(f_ch),
+              **({"transfer": ctx.sha(f_tr)} if use_transfer else {})}
     config = {**result_config(P.figures), "layers": list(P.extraction.layers),
               "attributes": list(P.probe.attributes), "checkpoints": [c["name"] for c in checkpoint_rows(run)],
               "figure_dir": str(P.figure_dir())}
     yield [Unit(name, "all", config, inputs, (run / "figures.json",), compute,
-                {"pairs": f_pairs, "transfer": f_tr if use_transfer else None, "dest": run / "figures.json",
-                 **config}, code_version(*CODE))]
+                {"pairs": f_pairs, "average": f_avg, "changes": f_ch, "transfer": f_tr if use_transfer else None,
+                 "dest": run / "figures.json", **config}, code_version(*CODE))]
 
 
-def _figures(pairs: pd.DataFrame, transfer: pd.DataFrame | None, layers: list[int], attributes: list[str],
-             last: str, skipped: list[str]) -> dict[str, Any]:
-    """The figures (name -> matplotlib Figure) for one run's tables."""
+def _figures(pairs: pd.DataFrame, avg: pd.DataFrame, changes: pd.DataFrame, transfer: pd.DataFrame | None,
+             layers: list[int], attributes: list[str], last: str, skipped: list[str]) -> dict[str, Any]:
+    """The figures (name -> matplotlib Figure) for one run's tables (overlap ``pairs``,
+    ``average`` with intervals and ``changes`` of stage 4)."""
     from .. import plots
-    from ..overlap import average_overlap
 
-    avg = average_overlap(pairs)
     main_layers = [l for l in layers if l in set(pairs.layer)]
     series = avg[avg.layer.isin(main_layers) & avg.attribute.isin(attributes)]
     series_ok = series.step.dropna().nunique() >= 2  # figures against step need two steps
     figs: dict[str, Any] = {"fig2_overlap_vs_layer": plots.fig_overlap_vs_layer(avg, last)}
     if series_ok:
-        figs["fig1_overlap_vs_step"] = plots.fig_overlap_vs_step(series)
+        figs["fig1_overlap_vs_step"] = plots.fig_overlap_vs_step(series, changes=changes)
     else:
         skipped.append("figures 1, 3 and 5 (vs step): fewer than two checkpoints with a step")
     layer = main_layers[-1] if main_layers else int(pairs.layer.max())
     if transfer is not None and len(transfer):
         if series_ok:
-            figs["fig3_overlap_transfer_vs_step"] = plots.fig_overlap_transfer_vs_step(series, transfer, layer)
+            figs["fig3_overlap_transfer_vs_step"] = plots.fig_overlap_transfer_vs_step(series, transfer, layer,
+                                                                                  changes=changes)
             figs["fig5_transfer_vs_step"] = plots.fig_transfer_vs_step(transfer)
         at_layer = pairs[(pairs.layer == layer) & pairs.attribute.isin(attributes)]
         with_source = at_layer[(at_layer.lang_a == "en") | (at_layer.lang_b == "en")]
@@ -71,14 +73,15 @@ def _figures(pairs: pd.DataFrame, transfer: pd.DataFrame | None, layers: list[in
     return figs
 
 
-def compute(pairs: Path, transfer: Path | None, dest: Path, layers: list[int], attributes: list[str],
-            checkpoints: list[str], figure_dir: str, formats: list[str], dpi: int, **_: Any) -> dict:
+def compute(pairs: Path, average: Path, changes: Path, transfer: Path | None, dest: Path, layers: list[int],
+            attributes: list[str], checkpoints: list[str], figure_dir: str, formats: list[str], dpi: int,
+            **_: Any) -> dict:
     """Draw and save every figure; notes list the files (``files``) and figures (``figures``)."""
     from .. import plots
 
     skipped: list[str] = []
-    figs = _figures(read_table(pairs), read_table(transfer) if transfer else None, layers, attributes,
-                    checkpoints[-1], skipped)
+    figs = _figures(read_table(pairs), read_table(average), read_table(changes),
+                    read_table(transfer) if transfer else None, layers, attributes, checkpoints[-1], skipped)
     saved = [p for n, fig in figs.items() for p in plots.save(fig, Path(figure_dir), n, formats=tuple(formats),
                                                                dpi=dpi)]
     write_json(sorted(p.name for p in saved), dest)

@@ -83,17 +83,22 @@ def _check_vectors(f: Path, shapes: dict[str, tuple[int, ...]], meta: dict[str, 
 def _probe_unit(P: Any, cfg, c: dict, lang: str, attrs: list[str], labels: pd.DataFrame,
                 tensors: Mapping[str, torch.Tensor], meta: dict[str, Any], d: int,
                 skipped: list[str], layers_of: Mapping[str, list[int]] | None = None
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Probes and greedy selections for one (checkpoint, language): every attribute x layer.
+                ) -> dict[str, pd.DataFrame]:
+    """Probes and greedy selections for one (checkpoint, language): every attribute x layer x seed.
 
+    The seeds of a dataset (``probe.seeds``) are trained as one batched computation
+    (:func:`xalign.probe.train_probes`); each gives its own greedy selection, rows carry ``seed``.
     ``layers_of`` gives the layers of an attribute probed at fewer than the vectors file's
     ``meta["layers"]`` (``probe.sweep_attributes``: the sweep layers only).
+
+    Returns:
+        ``{"selections", "paths", "stability"}`` tables (``stability`` empty unless
+        ``probe.selection == "stability"``).
     """
-    from ..probe import standardize, train_probe
-    from ..selection import greedy_select, retrained_mi
+    from ..probe import standardize
 
     pp = P.probe
-    sel_rows, path_rows = [], []
+    rows: dict[str, list[dict]] = {"selections": [], "paths": [], "stability": []}
     for attr in attrs:
         lab = labels[labels.attribute == attr]
         for layer in (layers_of or {}).get(attr, meta["layers"]):
@@ -105,28 +110,47 @@ def _probe_unit(P: Any, cfg, c: dict, lang: str, attrs: list[str], labels: pd.Da
                 continue
             if pp.standardize:
                 Xtr, Xdv, Xte = standardize(Xtr, Xdv, Xte)
-            probe = train_probe(Xtr, ytr, len(values), cfg)
-            res = greedy_select(probe, Xdv, ydv, k=pp.k, X_test=Xte, y_test=yte)
             ident = {"checkpoint": c["name"], "step": c["step"], "layer": layer, "attribute": attr,
                      "language": lang}
-            sel_rows.append({**ident, "d": d, "k": pp.k, "neurons": [int(n) for n in res.neurons],
-                             "n_classes": len(values), "values": ",".join(values),
-                             "n_train": len(ytr), "n_dev": len(ydv), "n_test": len(yte),
-                             "dev_mi": res.dev_mi[-1], "test_mi": res.test_mi[-1],
-                             "dev_acc": res.dev_acc[-1], "test_acc": res.test_acc[-1],
-                             "dev_mi_all": res.dev_mi_all, "test_mi_all": res.test_mi_all,
-                             "dev_acc_all": res.dev_acc_all, "test_acc_all": res.test_acc_all,
-                             "best_epoch": probe.best_epoch})
-            if pp.retrain:
-                ref = retrained_mi(Xtr, ytr, len(values), list(res.neurons), Xdv, ydv, Xte, yte, config=cfg)
-                sel_rows[-1].update({f"{m}_retrained": getattr(ref, m) for m in (
-                    "dev_mi_subset", "test_mi_subset", "dev_acc_subset", "test_acc_subset",
-                    "dev_mi_all", "test_mi_all", "dev_acc_all", "test_acc_all", "l2_subset", "l2_all")})
-            for i, n in enumerate(res.neurons):
-                path_rows.append({**ident, "step_k": i + 1, "neuron": int(n), "dev_loglik": res.dev_loglik[i],
+            _probe_dataset(P, cfg, ident, d, values, (Xtr, ytr, Xdv, ydv, Xte, yte), rows)
+    return {name: pd.DataFrame(r) for name, r in rows.items()}
+
+
+def _probe_dataset(P: Any, cfg, ident: dict, d: int, values: list[str], data: tuple,
+                   rows: dict[str, list[dict]]) -> None:
+    """Every seed's probe and greedy selection of one dataset (and its stability selection)."""
+    from ..probe import train_probes
+    from ..selection import greedy_select, retrained_mi, stability_select
+
+    pp = P.probe
+    Xtr, ytr, Xdv, ydv, Xte, yte = data
+    probes = train_probes(Xtr, ytr, len(values), cfg, pp.seed_list(P.seed))
+    for probe in probes:
+        res = greedy_select(probe, Xdv, ydv, k=pp.k, X_test=Xte, y_test=yte)
+        seeded = {**ident, "seed": probe.config.seed}
+        rows["selections"].append({
+            **seeded, "d": d, "k": pp.k, "neurons": [int(n) for n in res.neurons],
+            "n_classes": len(values), "values": ",".join(values),
+            "n_train": len(ytr), "n_dev": len(ydv), "n_test": len(yte),
+            "dev_mi": res.dev_mi[-1], "test_mi": res.test_mi[-1], "dev_acc": res.dev_acc[-1],
+            "test_acc": res.test_acc[-1], "dev_mi_all": res.dev_mi_all, "test_mi_all": res.test_mi_all,
+            "dev_acc_all": res.dev_acc_all, "test_acc_all": res.test_acc_all, "best_epoch": probe.best_epoch})
+        if pp.retrain:
+            ref = retrained_mi(Xtr, ytr, len(values), list(res.neurons), Xdv, ydv, Xte, yte, config=probe.config)
+            rows["selections"][-1].update({f"{m}_retrained": getattr(ref, m) for m in (
+                "dev_mi_subset", "test_mi_subset", "dev_acc_subset", "test_acc_subset",
+                "dev_mi_all", "test_mi_all", "dev_acc_all", "test_acc_all", "l2_subset", "l2_all")})
+        for i, n in enumerate(res.neurons):
+            rows["paths"].append({**seeded, "step_k": i + 1, "neuron": int(n), "dev_loglik": res.dev_loglik[i],
+                                  "dev_gain": res.dev_gain[i], "dev_gain_se": res.dev_gain_se[i],
                                   "dev_mi": res.dev_mi[i], "test_mi": res.test_mi[i],
                                   "dev_acc": res.dev_acc[i], "test_acc": res.test_acc[i]})
-    return pd.DataFrame(sel_rows), pd.DataFrame(path_rows)
+    if pp.selection == "stability":
+        st = stability_select(probes, Xdv, ydv, k=pp.k, n_resamples=pp.stability_resamples,
+                              threshold=pp.stability_threshold, seed=P.seed)
+        rows["stability"].append({**ident, "d": d, "k": pp.k, "neurons": st.neurons,
+                                  "frequency": [float(st.frequency[n]) for n in st.neurons],
+                                  "n_runs": st.n_runs, "stable": st.stable})
 
 
 def _jobs(ctx: Context, kept: pd.DataFrame, sweep_attrs: list[str]) -> list[tuple[dict, str, list, list, Path]]:
@@ -184,20 +208,20 @@ def plan(ctx: Context) -> Iterator[list[Unit]]:
         if extra:  # absent otherwise, so units without a sweep keep their identity
             config.update(sweep_attributes=extra, sweep_layers=P.extraction.sweep_layers)
         base = run / "probing" / "parts" / c["name"]
-        outs = (base / f"{lang}.selections.parquet", base / f"{lang}.paths.parquet")
+        outs = tuple(base / f"{lang}.{t}.parquet" for t in _tables(pp))
         parts.append(Unit(name, f"{c['name']}/{lang}", config, {"vectors": ctx.sha(f), "labels": content_sha256(lab)},
                           outs, probe_part, {"P": P, "c": c, "lang": lang, "attrs": attrs, "extra": extra,
                                              "vectors": f, "labels": run / "data" / "labels.parquet",
                                              "outputs": outs}, code))
     yield parts
-    tables = tuple(run / "probing" / f"{t}.parquet" for t in ("selections", "paths"))
+    tables = tuple(run / "probing" / f"{t}.parquet" for t in _tables(pp))
     yield [Unit(name, "tables", {"parts": [u.key for u in parts]},
                 {f"{u.key}/{i}": ctx.sha(p) for u in parts for i, p in enumerate(u.outputs)}, tables, concat_parts,
                 {"parts": [u.outputs for u in parts], "outputs": tables}, code)]
 
 
 def probe_part(P: Any, c: dict, lang: str, attrs: list[str], extra: list[str], vectors: Path, labels: Path,
-               outputs: tuple[Path, Path]) -> dict:
+               outputs: tuple[Path, ...]) -> dict:
     """Train one (checkpoint, language)'s probes and write its selections and greedy paths."""
     from ..probe import ProbeConfig
 
@@ -210,14 +234,19 @@ def probe_part(P: Any, c: dict, lang: str, attrs: list[str], extra: list[str], v
     tensors = LazyTensors(vectors)  # one layer in memory at a time
     meta, skipped = tensors.metadata, []
     d = int(meta["hidden_size"])
-    sel, paths = _probe_unit(P, cfg, c, lang, sorted(attrs + extra), lab, tensors, meta, d, skipped,
-                             layers_of={a: sweep_layers_in(P, meta["layers"]) for a in extra})
-    write_table(sel, outputs[0])
-    write_table(paths, outputs[1])
-    return {"probes": len(sel), "skipped": skipped}
+    out = _probe_unit(P, cfg, c, lang, sorted(attrs + extra), lab, tensors, meta, d, skipped,
+                      layers_of={a: sweep_layers_in(P, meta["layers"]) for a in extra})
+    for t, dest in zip(_tables(pp), outputs):
+        write_table(out[t], dest)
+    return {"probes": len(out["selections"]), "skipped": skipped}
 
 
-def concat_parts(parts: list[tuple[Path, Path]], outputs: tuple[Path, Path]) -> dict:
+def _tables(pp: Any) -> tuple[str, ...]:
+    """The tables a part (and the stage) writes: ``stability`` only with ``probe.selection: stability``."""
+    return ("selections", "paths") + (("stability",) if pp.selection == "stability" else ())
+
+
+def concat_parts(parts: list[tuple[Path, ...]], outputs: tuple[Path, ...]) -> dict:
     """The stage's tables: every part's selections (and paths), in unit order."""
     for i, dest in enumerate(outputs):
         dfs = [df for df in (read_table(p[i]) for p in parts) if len(df)]
@@ -226,6 +255,9 @@ def concat_parts(parts: list[tuple[Path, Path]], outputs: tuple[Path, Path]) -> 
 
 
 def gather(ctx: Context, s: StageSummary, units: list[Unit]) -> None:
-    """Table ``selections``: one row per probe."""
+    """Table ``selections``: one row per probe (and seed); ``stability`` with stability selection."""
     f = ctx.run_dir / "probing" / "selections.parquet"
     s.tables["selections"] = read_table(f) if units else pd.DataFrame()
+    f = ctx.run_dir / "probing" / "stability.parquet"
+    if units and ctx.P.probe.selection == "stability":
+        s.tables["stability"] = read_table(f)
