@@ -62,3 +62,25 @@ print(f"probes trained: {len(sel)}; k = {P.probe.k}, d = {sel.d.iloc[0] if len(s
 cols = ["test_mi", "test_mi_all", "test_acc", "test_acc_all"]
 cols += [c for c in ("test_mi_subset_retrained", "test_mi_all_retrained") if c in sel]
 sel.groupby(["checkpoint", "layer", "attribute"])[cols].mean().round(3)
+
+# %% [markdown]
+# ## Signal or noise along the greedy path
+#
+# Each probe is trained once per seed in `probe.seeds` (the seeds of a dataset run as one
+# batched computation, bit-identical to separate runs). Every pick of the greedy path records
+# its gain in dev log-likelihood and the standard error of that gain over dev examples. A pick
+# whose gain is below about 2 SE is not distinguishable from no gain on this dev set: the
+# last picks of a path are often such noise dimensions, so overlaps that differ only in them
+# say nothing. Below: gain / SE per step on the last checkpoint's last main layer, and the
+# share of picks at noise level per attribute.
+
+# %%
+from xalign import plots  # noqa: E402
+
+paths = pd.read_parquet(P.run_dir() / "probing" / "paths.parquet")
+if len(paths):
+    last_ck = sel.sort_values("step").checkpoint.iloc[-1]
+    layer = max(l for l in P.extraction.layers if l in set(paths[paths.checkpoint == last_ck].layer))
+    display(plots.fig_greedy_gains(paths, last_ck, layer))
+    paths["at_noise"] = paths.dev_gain < 2 * paths.dev_gain_se
+    display(paths.groupby(["attribute", "step_k"]).at_noise.mean().unstack("step_k").round(2))

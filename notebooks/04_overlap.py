@@ -19,6 +19,17 @@
 # the **chance level**, is k/d, and the p-value of an observed overlap o is
 # P[X ≥ o] = `hypergeom.sf(o-1, d, k, k)`, Holm-corrected across the language pairs of each
 # (checkpoint, layer, attribute). The average overlap is the mean over pairs.
+#
+# **Signal or noise.** With several probe seeds (`probe.seeds`) every seed's selections are
+# compared with the same seed's, and each number gets an interval:
+#
+# * a pair's rate is the mean over seeds with a t interval (`overlap_lo`, `overlap_hi`);
+#   `significant` means above chance in *every* seed;
+# * the **self-overlap ceiling** is the overlap between two seeds of the *same* language:
+#   a cross-language overlap can only be read relative to it and to chance k/d;
+# * the average's 95% interval comes from a bootstrap that resamples languages as clusters;
+# * `changes` tests each step's change of the average (paired by language, Holm over steps):
+#   a `drop` is a decrease beyond seed and language noise.
 
 # %% tags=["parameters"]
 # A params file (path, relative to the repository root) or the dict papermill injects
@@ -43,10 +54,24 @@ summary = runs.run_overlap(P)
 avg = summary.tables["average"]
 
 # %% [markdown]
-# Average overlap per checkpoint, next to the chance level k/d:
+# Average overlap per checkpoint with its 95% interval, next to chance k/d and the ceiling:
 
 # %%
-avg.round(3)
+avg[["checkpoint", "layer", "attribute", "overlap_rate", "overlap_lo", "overlap_hi", "chance_rate",
+     "self_overlap_rate", "n_pairs", "n_seeds", "n_significant"]].round(3)
+
+# %% [markdown]
+# Selection stability across seeds (mean pairwise Jaccard and overlap rate of one
+# language's seeds), per attribute and layer, averaged over checkpoints and languages:
+
+# %%
+summary.tables["self"].groupby(["attribute", "layer"])[["self_overlap_rate", "jaccard"]].mean().round(3)
+
+# %% [markdown]
+# Changes of the average between consecutive checkpoints; `drop` marks significant decreases:
+
+# %%
+summary.tables["changes"].round(3)
 
 # %% [markdown]
 # The most-overlapping significant pairs on the last checkpoint:

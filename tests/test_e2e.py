@@ -34,6 +34,17 @@ def test_run_all_minimal(minimal_run: Path) -> None:
     pairs = pd.read_csv(run / "overlap" / "pairs.csv")
     assert ((pairs.overlap_rate >= 0) & (pairs.overlap_rate <= 1)).all()
     assert (pairs.chance_rate.round(6) == round(3 / 64, 6)).all()
+    # probe.seeds [0, 1]: every probe twice, pairs per seed, intervals and the ceiling
+    assert set(sel.seed) == {0, 1} and len(sel) == 2 * len(sel.drop_duplicates(["checkpoint", "layer", "attribute",
+                                                                                   "language"]))
+    by_seed = pd.read_parquet(run / "overlap" / "pairs_by_seed.parquet")
+    assert len(by_seed) == 2 * len(pairs) and (pairs.n_seeds == 2).all()
+    assert ((pairs.overlap_lo <= pairs.overlap_rate + 1e-9) & (pairs.overlap_rate <= pairs.overlap_hi + 1e-9)).all()
+    avg = pd.read_parquet(run / "overlap" / "average.parquet")
+    assert avg[["overlap_lo", "overlap_hi", "self_overlap_rate"]].notna().all().all()
+    changes = pd.read_parquet(run / "overlap" / "changes.parquet")
+    assert set(changes.checkpoint_to) == {"step-000015", "step-000040"}
+    assert pd.read_parquet(run / "probing" / "paths.parquet").dev_gain_se.notna().all()
 
     tr = pd.read_csv(run / "transfer" / "results.csv")
     assert {"pos", "xnli"} == set(tr.task)

@@ -7,9 +7,11 @@ bundle text is fine-tuned on real UD English GUM and real XNLI rows.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,8 +19,9 @@ import torch
 from xalign.params import TransferParams
 from xalign import data as D
 from xalign.transfer import (DEV_LANGUAGE, _EncodedTrain, ResumeFile, XnliTsvStream, POS_LABELS, XNLI_LABELS, TransferConfig, _load, _encode_pos,
-                             _predict, _train, finetune_pos, finetune_xnli, pos_scores,
-                             split_xnli_dev)
+                             _predict, _train, accuracy_bootstrap_ci, bootstrap_sums, finetune_pos, finetune_xnli,
+                             percentile_interval, pos_bootstrap_ci, pos_scores, pos_sentence_stats,
+                             pos_stats_scores, split_xnli_dev)
 
 
 
@@ -102,6 +105,125 @@ def test_pos_scores_hand_built():
         pos_scores([[]], [[]])
 
 
+def _random_tagging(rng: np.random.Generator, n: int, tags: list[str], p_repeat: float, p_error: float):
+    """n sentences of 1-30 words; a tag repeats its predecessor with p_repeat (runs = spans);
+    each predicted tag is replaced by a random one with p_error."""
+    gold, pred = [], []
+    for _ in range(n):
+        g = [tags[rng.integers(len(tags))]]
+        for _ in range(int(rng.integers(0, 30))):
+            g.append(g[-1] if rng.random() < p_repeat else tags[rng.integers(len(tags))])
+        gold.append(g)
+        pred.append([tags[rng.integers(len(tags))] if rng.random() < p_error else t for t in g])
+    return gold, pred
+
+
+def test_sentence_counts_reproduce_seqeval_exactly():
+    """Summed per-sentence span counts give seqeval's precision, recall and F1 bit for bit, also with
+    X (seqeval's chunk type "_", which can join sentences) and S-tags (SCONJ, SYM: one-word chunks)."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    # a seqeval span across a sentence break: gold X | X VERB is one "_" chunk from word 1 to 3
+    st = pos_sentence_stats([["NOUN", "X"], ["X", "VERB"]], [["NOUN", "X"], ["NOUN", "VERB"]])
+    assert list(st.span_gold) == [1, 2] and list(st.span_pred) == [1, 2] and list(st.span_correct) == [1, 1]
+    assert list(st.words) == [2, 2] and list(st.correct) == [2, 1]
+    for seed, tags, p_rep, p_err in [(0, POS_LABELS, 0.3, 0.2), (1, POS_LABELS, 0.6, 0.4), (2, ["X", "NOUN", "SYM"], 0.5, 0.3),
+                                     (3, ["X", "SCONJ", "INTJ", "ADP"], 0.2, 0.5), (4, POS_LABELS, 0.0, 0.05),
+                                     (5, ["X", "NOUN"], 0.8, 0.1)]:
+        gold, pred = _random_tagging(np.random.default_rng(seed), 60, tags, p_rep, p_err)
+        st = pos_sentence_stats(gold, pred)
+        got, ref = pos_stats_scores(st), pos_scores(gold, pred)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p, r = precision_score(gold, pred), recall_score(gold, pred)
+            assert got["f1"] == float(f1_score(gold, pred)) == ref["f1"], seed
+        tp, npred, ngold = st.span_correct.sum(), st.span_pred.sum(), st.span_gold.sum()
+        assert (tp / npred, tp / ngold) == (p, r), seed
+        assert got["accuracy"] == ref["accuracy"] and got["macro_f1"] == pytest.approx(ref["macro_f1"], rel=1e-12)
+        assert st.words.sum() == sum(map(len, gold)) and len(st) == 60
+        assert (st.tag_tp + st.tag_fn).sum() == st.words.sum()  # every gold word is one gold tag
+
+
+def test_bootstrap_interval_contains_estimate_and_is_deterministic():
+    gold, pred = _random_tagging(np.random.default_rng(7), 200, POS_LABELS, 0.3, 0.25)
+    st = pos_sentence_stats(gold, pred)
+    ci, m = pos_bootstrap_ci(st), pos_scores(gold, pred)
+    for metric in ("accuracy", "f1", "macro_f1"):
+        lo, hi = ci[metric]
+        assert 0 <= lo < m[metric] < hi <= 1, (metric, lo, m[metric], hi)
+        assert hi - lo < 0.1, metric  # ~4 000 words
+    assert pos_bootstrap_ci(st) == ci  # fixed seed: bitwise-equal reruns
+    assert pos_bootstrap_ci(st, seed=1) != ci
+    c = np.random.default_rng(3).random(300) < 0.7
+    lo, hi = accuracy_bootstrap_ci(c)
+    assert lo < c.mean() < hi and accuracy_bootstrap_ci(c) == (lo, hi)
+    assert accuracy_bootstrap_ci(np.ones(50, bool)) == (1.0, 1.0)
+    # every resample has n rows; chunked draws (n large) still give B resamples of n
+    sums = bootstrap_sums(np.ones(5000), n_boot=1001)
+    assert sums.shape == (1001, 1) and (sums == 5000).all()
+    assert percentile_interval(np.array([np.nan, 0.5, 0.5])) == (0.5, 0.5)
+    assert all(np.isnan(percentile_interval(np.array([np.nan]))))
+    with pytest.raises(ValueError, match="non-empty"):
+        accuracy_bootstrap_ci([])
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_sums(np.ones(3), n_boot=0)
+    with pytest.raises(ValueError, match="confidence"):
+        percentile_interval(np.ones(3), confidence=1.0)
+    with pytest.raises(ValueError, match="sentence 0"):
+        pos_sentence_stats([["DET", "NOUN"]], [["DET"]])
+
+
+def test_interval_width_shrinks_with_sqrt_n():
+    """Same accuracy 0.75 on 40 and on 640 pairs: the width scales as 1/sqrt(n), ratio ~4."""
+    def width(n: int) -> float:
+        c = np.zeros(n, bool)
+        c[: 3 * n // 4] = True
+        lo, hi = accuracy_bootstrap_ci(c)
+        return hi - lo
+
+    ratio = width(40) / width(640)
+    assert 3 <= ratio <= 5.5, ratio
+
+
+def test_sentence_resampling_is_wider_when_errors_cluster():
+    """40 sentences of 10 words, 24 tagged all right and 16 all wrong: the words are not independent,
+    the sentence bootstrap (effectively n = 40) is ~sqrt(10) wider than resampling the 400 words."""
+    gold = [["NOUN", "VERB", "DET", "ADJ", "NOUN", "ADP", "DET", "NOUN", "PUNCT", "X"]] * 40
+    pred = [list(g) if i % 5 in (0, 2, 4) else ["PRON"] * 10 for i, g in enumerate(gold)]
+    st = pos_sentence_stats(gold, pred)
+    ci = pos_bootstrap_ci(st)
+    words = np.asarray([a == b for g, p in zip(gold, pred) for a, b in zip(g, p)])
+    assert words.mean() == pytest.approx(0.6) == pos_scores(gold, pred)["accuracy"]
+    w_sent = ci["accuracy"][1] - ci["accuracy"][0]
+    lo, hi = accuracy_bootstrap_ci(words)
+    assert w_sent > 2 * (hi - lo), (w_sent, hi - lo)
+    # the same words as 400 one-word sentences: the POS kernel then matches the word bootstrap
+    st_words = pos_sentence_stats([[t] for g in gold for t in g], [[t] for p in pred for t in p])
+    lo_w, hi_w = pos_bootstrap_ci(st_words)["accuracy"]
+    assert hi_w - lo_w == pytest.approx(hi - lo, rel=0.25)
+    for metric in ("f1", "macro_f1"):
+        assert ci[metric][1] - ci[metric][0] > 0.15, metric
+
+
+def test_accuracy_interval_coverage():
+    """200 seeded replicates of n = 200 Bernoulli(0.6) predictions: the 95% interval covers 0.6 in >= 90%."""
+    rng = np.random.default_rng(2024)
+    hits = 0
+    for _ in range(200):
+        lo, hi = accuracy_bootstrap_ci(rng.random(200) < 0.6)
+        hits += lo <= 0.6 <= hi
+    assert hits / 200 >= 0.90, hits
+
+
+def _check_intervals(df: pd.DataFrame) -> None:
+    """Every score row has a 95% bootstrap interval in [0, 1] around its value."""
+    assert {"ci_low", "ci_high"} <= set(df.columns)
+    assert df["ci_low"].notna().all() and df["ci_high"].notna().all()
+    assert (df["ci_low"] >= 0).all() and (df["ci_high"] <= 1).all()
+    bad = df[~((df["ci_low"] <= df["value"]) & (df["value"] <= df["ci_high"]))]
+    assert bad.empty, bad[["language", "metric", "ci_low", "value", "ci_high", "n"]]
+
+
 def test_encode_pos_labels_first_subwords_with_bos(tiny_bloom):
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoTokenizer
@@ -177,6 +299,7 @@ def _check_pos_frame(df: pd.DataFrame, eval_sets: dict, epochs: int, tok_words) 
     assert list(df["language"].unique()) == [DEV_LANGUAGE, *eval_sets]
     assert sorted(df["metric"].unique()) == ["accuracy", "f1", "macro_f1"] and len(df) == 3 * (1 + len(eval_sets))
     assert df["value"].between(0, 1).all()
+    _check_intervals(df)
     assert df["best_epoch"].nunique() == 1 and 1 <= df["best_epoch"].iloc[0] <= epochs
     for lang, sents in eval_sets.items():
         row = df[(df.language == lang) & (df.metric == "accuracy")].iloc[0]
@@ -285,6 +408,7 @@ def test_xnli_pipeline_real_data_and_determinism(tiny_bloom, data_root: Path):
     assert (df["metric"] == "accuracy").all() and list(df["n"]) == [32, 24, 24]
     assert df["value"].between(0, 1).all() and df["best_epoch"].isin([1, 2]).all()
     assert df["n_truncated"].between(0, df["n"]).all() and df["n_truncated"].sum() > 0  # 48 tokens is tight
+    _check_intervals(df)
     again = finetune_xnli(tiny_bloom, train, dev, evals, cfg)
     pd.testing.assert_frame_equal(df, again)
 

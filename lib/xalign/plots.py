@@ -512,6 +512,47 @@ def fig_overlap_heatmap(pairs: pd.DataFrame, checkpoint: str, layer: int, attrib
     return fig
 
 
+def fig_greedy_gains(paths: pd.DataFrame, checkpoint: str, layer: int) -> Figure:
+    """Where the greedy path's gains fall to noise level (notebook 03).
+
+    One panel per attribute: per step t of the greedy path (:func:`xalign.selection.greedy_select`),
+    the gain in dev log-likelihood of the t-th pick divided by its standard error over dev
+    examples (``dev_gain / dev_gain_se``), one thin line per (language, seed), and their
+    median in black; the dashed line at 2 marks noise level (a pick below it is not
+    distinguishable from no gain on that dev set).
+
+    Args:
+        paths: ``probing/paths.parquet`` (``step_k``, ``dev_gain``, ``dev_gain_se``, ...).
+        checkpoint, layer: the probes to draw.
+
+    Raises:
+        ValueError: no path rows with gains for (checkpoint, layer).
+    """
+    g = paths[(paths["checkpoint"] == checkpoint) & (paths["layer"] == layer)]
+    if g.empty or "dev_gain_se" not in g.columns:
+        raise ValueError(f"greedy paths: no rows with dev_gain_se for checkpoint={checkpoint} layer={layer}")
+    g = g.assign(z=g["dev_gain"] / g["dev_gain_se"])
+    attrs = sorted(g["attribute"].unique())
+    fig, axes = _figure(len(attrs), sharey=True)
+    for ax, attr in zip(axes, attrs):
+        ga = g[g["attribute"] == attr]
+        keys = ["language"] + (["seed"] if "seed" in ga.columns else [])
+        for _, gl in ga.groupby(keys):
+            ax.plot(gl["step_k"], gl["z"], color="0.6", linewidth=0.6, alpha=0.6)
+        med = ga.groupby("step_k")["z"].median()
+        ax.plot(med.index, med.to_numpy(), color="k", linewidth=2, marker="o", ms=3, label="median")
+        ax.axhline(2.0, color="C3", linestyle="--", linewidth=1, label="noise level (gain = 2 SE)")
+        ax.set_yscale("symlog", linthresh=2.0)
+        ax.set_xlabel("greedy step t (t-th neuron added)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(attr)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("dev log-likelihood gain / SE")
+    _fig_legend(fig, axes, "")
+    fig.suptitle(f"Greedy selection: gain of each pick over dev noise ({checkpoint}, layer ℓ = {layer})")
+    return fig
+
+
 # ---- output ----------------------------------------------------------------------------
 _NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
 

@@ -20,7 +20,11 @@ QLoRA (Dettmers et al. 2023: nf4 weights, double quantisation, ``prepare_model_f
 * a :class:`ResumeFile` saves the training state at every evaluation, so a killed run
   (an XNLI fine-tuning on MultiNLI is hours on a GPU) continues where it was;
 * POS is scored with word accuracy, seqeval's span F1 (what XTREME and the paper report)
-  and macro F1 (:func:`pos_scores`).
+  and macro F1 (:func:`pos_scores`);
+* every score gets a 95% percentile bootstrap interval over the evaluation examples
+  (``ci_low``, ``ci_high``): whole sentences for POS (:func:`pos_bootstrap_ci`, from
+  per-sentence counts, :func:`pos_sentence_stats`), pairs for XNLI
+  (:func:`accuracy_bootstrap_ci`); 1000 resamples with a fixed seed.
 
 English training data: XNLI is trained on MultiNLI train (``xnli/train-en.tsv``, 392k
 pairs, streamed by :class:`XnliTsvStream`), or, when a data root has no MultiNLI (the
@@ -252,6 +256,282 @@ POS_METRICS: tuple[str, ...] = ("accuracy", "f1", "macro_f1")
 
 def _accuracy(gold: Sequence[int], pred: Sequence[int]) -> float:
     return float(np.mean(np.asarray(gold) == np.asarray(pred)))
+
+
+# ---------------------------------------------------------------------------------------
+# Bootstrap intervals over evaluation examples
+# ---------------------------------------------------------------------------------------
+#: Bootstrap resamples per interval, the interval's confidence and the fixed seed of the
+#: resampling generator (``numpy.random.default_rng``): reruns give bitwise-equal bounds.
+BOOT_N, BOOT_CONFIDENCE, BOOT_SEED = 1000, 0.95, 0
+#: Largest resample-count matrix built at once (entries of the (rows, n) chunk).
+_BOOT_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class PosSentenceStats:
+    """Per-sentence sufficient statistics of the three POS metrics (:func:`pos_scores`).
+
+    Summing any selection of sentences (with repetition) and applying
+    :func:`pos_stats_scores`'s formulas gives that selection's scores, so a bootstrap sums
+    rows instead of re-running seqeval. Built by :func:`pos_sentence_stats`; n sentences,
+    T = the tags present in the gold tags (sorted).
+
+    Attributes:
+        tags: the T gold tags, sorted (the columns of ``tag_tp/tag_fp/tag_fn``).
+        words, correct: (n,) words and correctly tagged words per sentence.
+        span_correct, span_pred, span_gold: (n,) seqeval spans per sentence: predicted spans
+            equal to a gold span (type, start, end), predicted spans, gold spans. A span is
+            counted in the sentence holding its last word.
+        tag_tp, tag_fp, tag_fn: (n, T) per-tag word counts: gold t predicted t; predicted t,
+            gold not t; gold t, predicted not t.
+    """
+
+    tags: tuple[str, ...]
+    words: np.ndarray
+    correct: np.ndarray
+    span_correct: np.ndarray
+    span_pred: np.ndarray
+    span_gold: np.ndarray
+    tag_tp: np.ndarray
+    tag_fp: np.ndarray
+    tag_fn: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def matrix(self) -> np.ndarray:
+        """(n, 5 + 3 T) float64: words, correct, span correct/pred/gold, then tp, fp, fn per tag
+        (integers, exact in float64 up to 2**53)."""
+        return np.column_stack([self.words, self.correct, self.span_correct, self.span_pred, self.span_gold,
+                                self.tag_tp, self.tag_fp, self.tag_fn]).astype(np.float64)
+
+
+def _span_ends_per_sentence(spans: set, starts: np.ndarray, n: int) -> np.ndarray:
+    """(n,) number of ``(type, start, end)`` spans whose end offset falls in each sentence."""
+    ends = np.fromiter((e for _, _, e in spans), dtype=np.int64, count=len(spans))
+    return np.bincount(np.searchsorted(starts, ends, side="right") - 1, minlength=n).astype(np.int64)
+
+
+def pos_sentence_stats(gold: list[list[str]], pred: list[list[str]]) -> PosSentenceStats:
+    """Per-sentence counts behind :func:`pos_scores`, for a bootstrap over sentences.
+
+    Span counts use seqeval's own span extraction
+    (``seqeval.metrics.sequence_labeling.get_entities``, what ``f1_score`` calls in its
+    default mode), on the same nested input: seqeval joins the sentences with an ``"O"``
+    after each, so offsets are positions in that joined sequence. A span is counted in the
+    sentence holding its end. seqeval can open a span in one sentence and close it in a
+    later one (a tag ``X`` reads as chunk type ``"_"``, the type of the ``"O"`` separator, so a
+    run of ``X`` across a sentence break is one chunk); such a span is counted whole in its
+    last sentence. The sums over all sentences are seqeval's counts exactly, so
+    :func:`pos_stats_scores` reproduces ``f1_score`` bit for bit.
+
+    Args:
+        gold, pred: one list of tags per sentence, same shapes (as :func:`pos_scores`).
+
+    Returns:
+        :class:`PosSentenceStats` with n = ``len(gold)`` rows.
+
+    Raises:
+        ValueError: different numbers of sentences or of words in a sentence, or no words.
+    """
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    if len(gold) != len(pred):
+        raise ValueError(f"pos_sentence_stats: {len(gold)} gold sentences but {len(pred)} predicted")
+    for i, (g, p) in enumerate(zip(gold, pred)):
+        if len(g) != len(p):
+            raise ValueError(f"pos_sentence_stats: sentence {i} has {len(g)} gold tags but {len(p)} predicted")
+    n = len(gold)
+    lengths = np.fromiter((len(s) for s in gold), dtype=np.int64, count=n)
+    if lengths.sum() == 0:
+        raise ValueError("pos_sentence_stats: no words to score")
+    # joined-sequence offset of each sentence's first word (each sentence is followed by "O")
+    starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
+    with warnings.catch_warnings():  # "NOUN seems not to be NE tag", once per tag
+        warnings.simplefilter("ignore", UserWarning)
+        g_spans = set(get_entities([list(s) for s in gold]))
+        p_spans = set(get_entities([list(s) for s in pred]))
+    g = np.asarray([t for s in gold for t in s], dtype=object)
+    p = np.asarray([t for s in pred for t in s], dtype=object)
+    sent = np.repeat(np.arange(n), lengths)
+    tags = tuple(sorted(set(g.tolist())))
+    code = {t: k for k, t in enumerate(tags)}
+    T = len(tags)
+    gc = np.fromiter((code[t] for t in g), dtype=np.int64, count=g.size)
+    pc = np.fromiter((code.get(t, -1) for t in p), dtype=np.int64, count=p.size)
+    hit = g == p
+
+    def per_sentence_tag(mask: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return np.bincount(sent[mask] * T + c[mask], minlength=n * T).reshape(n, T)
+
+    tp = per_sentence_tag(hit, gc)
+    n_gold = per_sentence_tag(np.ones(g.size, bool), gc)
+    n_pred = per_sentence_tag(pc >= 0, pc)
+    return PosSentenceStats(
+        tags=tags, words=lengths, correct=np.bincount(sent[hit], minlength=n).astype(np.int64),
+        span_correct=_span_ends_per_sentence(g_spans & p_spans, starts, n),
+        span_pred=_span_ends_per_sentence(p_spans, starts, n),
+        span_gold=_span_ends_per_sentence(g_spans, starts, n),
+        tag_tp=tp, tag_fp=n_pred - tp, tag_fn=n_gold - tp)
+
+
+def _pos_metrics_from_sums(sums: np.ndarray, n_tags: int) -> dict[str, np.ndarray]:
+    """(B,) accuracy, span F1 and macro F1 from (B, 5 + 3 T) summed :meth:`PosSentenceStats.matrix`
+    rows. Span F1 follows seqeval's micro average operation for operation (P = tp/pred and
+    R = tp/gold, 0 when the denominator is 0; F1 = 2 P R / (P + R), 0 when P + R = 0). Macro F1
+    averages per-tag 2 TP / (2 TP + FP + FN) over the tags with gold words in that row.
+    Accuracy and macro F1 are NaN in a row without words."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(sums[:, 0] > 0, sums[:, 1] / sums[:, 0], np.nan)
+        tp, pr, gd = sums[:, 2], sums[:, 3], sums[:, 4]
+        p = np.where(pr > 0, tp / np.where(pr > 0, pr, 1), 0.0)
+        r = np.where(gd > 0, tp / np.where(gd > 0, gd, 1), 0.0)
+        denom = p + r
+        denom[denom == 0.0] = 1
+        f1 = 2 * p * r / denom
+        ttp, tfp, tfn = (sums[:, 5 + k * n_tags: 5 + (k + 1) * n_tags] for k in range(3))
+        present = (ttp + tfn) > 0
+        per_tag = np.where(present, 2 * ttp / np.where(present, 2 * ttp + tfp + tfn, 1), 0.0)
+        k = present.sum(axis=1)
+        macro = np.where(k > 0, per_tag.sum(axis=1) / np.maximum(k, 1), np.nan)
+    return {"accuracy": acc, "f1": f1, "macro_f1": macro}
+
+
+def pos_stats_scores(stats: PosSentenceStats) -> dict[str, float]:
+    """:func:`pos_scores` from the summed per-sentence counts of all sentences.
+
+    ``accuracy`` and ``f1`` equal :func:`pos_scores`'s bit for bit; ``macro_f1`` to rounding
+    (the per-tag mean is summed in another order).
+
+    Args:
+        stats: :func:`pos_sentence_stats` of the evaluation set.
+
+    Returns:
+        ``{"accuracy", "f1", "macro_f1"}``, each in [0, 1].
+    """
+    m = _pos_metrics_from_sums(stats.matrix().sum(axis=0, keepdims=True), len(stats.tags))
+    return {k: float(v[0]) for k, v in m.items()}
+
+
+def bootstrap_sums(stats: np.ndarray, n_boot: int = BOOT_N, seed: int = BOOT_SEED) -> np.ndarray:
+    """Column sums of ``n_boot`` bootstrap resamples of the rows of ``stats``.
+
+    Each resample draws n row indices uniformly with replacement (seeded
+    ``numpy.random.default_rng(seed).integers``); its per-row counts (``numpy.bincount``
+    over the flattened, row-offset indices: a (b, n) count matrix, built in chunks of at
+    most 2**22 entries) times ``stats`` give its column sums, one matrix product per chunk.
+
+    Args:
+        stats: (n,) or (n, k) per-example statistics (n >= 1), e.g. correct/total counts.
+        n_boot: number of resamples B (>= 1).
+        seed: generator seed; the same seed, n and B give the same resamples.
+
+    Returns:
+        (B, k) float64 sums ((B, 1) for 1-D ``stats``).
+
+    Raises:
+        ValueError: no rows, or n_boot < 1.
+    """
+    s = np.asarray(stats, dtype=np.float64)
+    s = s[:, None] if s.ndim == 1 else s
+    n = s.shape[0]
+    if n == 0:
+        raise ValueError("bootstrap_sums: no examples to resample")
+    if n_boot < 1:
+        raise ValueError(f"bootstrap_sums: n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_boot, s.shape[1]))
+    step = max(1, _BOOT_CHUNK // n)
+    for lo in range(0, n_boot, step):
+        b = min(step, n_boot - lo)
+        idx = rng.integers(n, size=(b, n)) + n * np.arange(b)[:, None]
+        counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n)
+        out[lo:lo + b] = counts.astype(np.float64) @ s
+    return out
+
+
+def percentile_interval(replicates: np.ndarray, confidence: float = BOOT_CONFIDENCE) -> tuple[float, float]:
+    """Percentile bootstrap interval (Efron & Tibshirani 1993, *An Introduction to the
+    Bootstrap*, ch. 13): the (1 - c)/2 and (1 + c)/2 quantiles (``numpy.quantile``, linear)
+    of the replicates of a statistic.
+
+    Args:
+        replicates: (B,) bootstrap replicates; NaN ones (statistic undefined in that
+            resample) are dropped.
+        confidence: c, in (0, 1).
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` when no replicate is finite.
+
+    Raises:
+        ValueError: confidence outside (0, 1).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"percentile_interval: confidence must be in (0, 1), got {confidence}")
+    r = np.asarray(replicates, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    if not r.size:
+        return math.nan, math.nan
+    lo, hi = np.quantile(r, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(lo), float(hi)
+
+
+def pos_bootstrap_ci(stats: PosSentenceStats, n_boot: int = BOOT_N, confidence: float = BOOT_CONFIDENCE,
+                     seed: int = BOOT_SEED) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of the POS metrics, resampling whole sentences.
+
+    Words of one sentence are not independent (one wrong analysis often mis-tags several
+    of them, and a span covers several words), so the resampling unit is the sentence, as
+    in the bootstrap tests of MT/NLP evaluation (Koehn 2004, "Statistical significance
+    tests for machine translation evaluation", EMNLP; Berg-Kirkpatrick, Burkett & Klein
+    2012, "An empirical investigation of statistical significance in NLP", EMNLP-CoNLL),
+    here for one system's score: n sentences are drawn with replacement B times
+    (:func:`bootstrap_sums` of the per-sentence counts, no seqeval call per resample), each
+    metric is recomputed from the resample's summed counts (macro F1 over the tags present
+    in the resample's gold words) and the interval is :func:`percentile_interval`
+    (Efron & Tibshirani 1993). The percentile interval need not contain the full-sample
+    score when the statistic is biased under resampling (a ratio, or macro F1 losing rare
+    tags), though it does in practice for hundreds of sentences.
+
+    Args:
+        stats: :func:`pos_sentence_stats` of the evaluation set (n >= 1 sentences).
+        n_boot, seed: resamples B and generator seed (:func:`bootstrap_sums`).
+        confidence: interval coverage in (0, 1) (default 0.95).
+
+    Returns:
+        ``{metric: (low, high)}`` for ``"accuracy"``, ``"f1"``, ``"macro_f1"``, bounds in [0, 1].
+
+    Raises:
+        ValueError: no sentences, n_boot < 1 or confidence outside (0, 1).
+    """
+    reps = _pos_metrics_from_sums(bootstrap_sums(stats.matrix(), n_boot, seed), len(stats.tags))
+    return {m: percentile_interval(reps[m], confidence) for m in POS_METRICS}
+
+
+def accuracy_bootstrap_ci(correct: Sequence[bool], n_boot: int = BOOT_N, confidence: float = BOOT_CONFIDENCE,
+                          seed: int = BOOT_SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval of an accuracy over independent examples (XNLI pairs).
+
+    The n examples are drawn with replacement B times (:func:`bootstrap_sums`); each
+    resample's accuracy is its number correct / n, and the interval is
+    :func:`percentile_interval` (Efron & Tibshirani 1993, ch. 13).
+
+    Args:
+        correct: (n,) whether each example was classified correctly (n >= 1).
+        n_boot, seed: resamples B and generator seed.
+        confidence: interval coverage in (0, 1) (default 0.95).
+
+    Returns:
+        ``(low, high)`` in [0, 1].
+
+    Raises:
+        ValueError: no examples, n_boot < 1 or confidence outside (0, 1).
+    """
+    c = np.asarray(correct, dtype=bool)
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError(f"accuracy_bootstrap_ci: need a non-empty 1-D vector, got shape {c.shape}")
+    return percentile_interval(bootstrap_sums(c, n_boot, seed)[:, 0] / c.size, confidence)
 
 
 # ---------------------------------------------------------------------------------------
@@ -774,8 +1054,10 @@ def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentenc
         DataFrame with one row per (language, metric in :data:`POS_METRICS`: "accuracy",
         "f1" (seqeval), "macro_f1") and columns ``task`` ("pos"), ``language`` (``"en-dev"``
         for the English dev scores of the kept parameters), ``metric``, ``value`` in [0, 1],
-        ``n`` (sentences evaluated), ``n_words`` (words scored), ``n_words_cut`` (words beyond
-        max_length), ``best_epoch`` (1-based), ``best_step`` (optimiser step of the kept
+        ``ci_low``, ``ci_high`` (95% percentile bootstrap interval of ``value`` over the
+        evaluated sentences, :func:`pos_bootstrap_ci`; B = 1000, seed 0), ``n`` (sentences
+        evaluated), ``n_words`` (words scored), ``n_words_cut`` (words beyond max_length),
+        ``best_epoch`` (1-based), ``best_step`` (optimiser step of the kept
         parameters), ``n_steps``, ``n_evals`` (English-dev evaluations).
 
     Raises:
@@ -795,25 +1077,29 @@ def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentenc
         evs = {lang: _encode_pos(tok, s, L, f"pos eval {lang}") for lang, s in eval_sets.items()}
         pad = tok.pad_token_id
 
-        def score(enc: _Encoded, desc: str) -> tuple[dict[str, float], int]:
+        def score(enc: _Encoded, desc: str) -> tuple[dict[str, float], int, PosSentenceStats]:
             pred_ids = _predict(model, enc, True, pad, device, config.eval_batch_size, desc)
             gold = [g for g in enc.gold_tags if g]
             pred = [[POS_LABELS[i] for i in p] for p, g in zip(pred_ids, enc.gold_tags) if g]
             if not gold:
                 raise ValueError(f"pos: {desc}: no word fits in max_length={L}")
-            return pos_scores(gold, pred), len(gold)
+            return pos_scores(gold, pred), len(gold), pos_sentence_stats(gold, pred)
 
-        def dev_eval() -> tuple[float, tuple[dict[str, float], int]]:
+        def dev_eval() -> tuple[float, tuple[dict[str, float], int, PosSentenceStats]]:
             res = score(dv, "pos en-dev")
             return res[0]["f1"], res
 
         pr = _train(model, _EncodedTrain(tr, True), dev_eval, config, pad, device, "pos", resume)
         rows = []
         for lang, enc in [(DEV_LANGUAGE, dv), *evs.items()]:
-            m, n = pr.best_result if lang == DEV_LANGUAGE else score(enc, f"pos eval {lang}")
+            res = pr.best_result if lang == DEV_LANGUAGE else score(enc, f"pos eval {lang}")
+            m, n = res[0], res[1]
+            # a dev result resumed from a state saved before the intervals existed has no counts
+            ci = pos_bootstrap_ci(res[2]) if len(res) > 2 else dict.fromkeys(POS_METRICS, (math.nan, math.nan))
             n_words = sum(len(g) for g in enc.gold_tags)
             for metric in POS_METRICS:
-                rows.append(dict(task="pos", language=lang, metric=metric, value=m[metric], n=n,
+                rows.append(dict(task="pos", language=lang, metric=metric, value=m[metric],
+                                 ci_low=ci[metric][0], ci_high=ci[metric][1], n=n,
                                  n_words=n_words, n_words_cut=enc.n_cut, **_selection_columns(pr)))
     if resume:
         resume.remove()
@@ -840,7 +1126,9 @@ def finetune_xnli(model_path: str, train: "pd.DataFrame | XnliTsvStream", dev: p
 
     Returns:
         DataFrame with one row per language (``"en-dev"`` first) and columns ``task``
-        ("xnli"), ``language``, ``metric`` ("accuracy"), ``value`` in [0, 1], ``n`` (pairs),
+        ("xnli"), ``language``, ``metric`` ("accuracy"), ``value`` in [0, 1], ``ci_low``,
+        ``ci_high`` (95% percentile bootstrap interval over the pairs, :func:`accuracy_bootstrap_ci`;
+        B = 1000, seed 0), ``n`` (pairs),
         ``n_truncated`` (pairs cut to max_length), ``best_epoch``, ``best_step``, ``n_steps``,
         ``n_evals`` (as in :func:`finetune_pos`).
 
@@ -867,18 +1155,22 @@ def finetune_xnli(model_path: str, train: "pd.DataFrame | XnliTsvStream", dev: p
         evs = {lang: _encode_xnli(tok, df, L, f"xnli eval {lang}") for lang, df in eval_sets.items()}
         pad = tok.pad_token_id
 
-        def score(enc: _Encoded, desc: str) -> float:
-            return _accuracy(enc.labels, _predict(model, enc, False, pad, device, config.eval_batch_size, desc))
+        def score(enc: _Encoded, desc: str) -> tuple[float, np.ndarray]:
+            pred = _predict(model, enc, False, pad, device, config.eval_batch_size, desc)
+            return _accuracy(enc.labels, pred), np.asarray(enc.labels) == np.asarray(pred)
 
-        def dev_eval() -> tuple[float, float]:
-            acc = score(dv, "xnli en-dev")
-            return acc, acc
+        def dev_eval() -> tuple[float, tuple[float, np.ndarray]]:
+            res = score(dv, "xnli en-dev")
+            return res[0], res
 
         pr = _train(model, tr, dev_eval, config, pad, device, "xnli", resume)
-        rows = [dict(task="xnli", language=lang, metric="accuracy",
-                     value=pr.best_result if lang == DEV_LANGUAGE else score(enc, f"xnli eval {lang}"),
-                     n=len(enc.labels), n_truncated=enc.n_cut, **_selection_columns(pr))
-                for lang, enc in [(DEV_LANGUAGE, dv), *evs.items()]]
+        rows = []
+        for lang, enc in [(DEV_LANGUAGE, dv), *evs.items()]:
+            res = pr.best_result if lang == DEV_LANGUAGE else score(enc, f"xnli eval {lang}")
+            # a dev result resumed from a state saved before the intervals existed is the accuracy alone
+            acc, ci = (res[0], accuracy_bootstrap_ci(res[1])) if isinstance(res, tuple) else (res, (math.nan, math.nan))
+            rows.append(dict(task="xnli", language=lang, metric="accuracy", value=acc, ci_low=ci[0], ci_high=ci[1],
+                             n=len(enc.labels), n_truncated=enc.n_cut, **_selection_columns(pr)))
     if resume:
         resume.remove()
     return pd.DataFrame(rows)

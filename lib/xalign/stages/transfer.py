@@ -119,7 +119,7 @@ def pos_sets(P: Any) -> tuple:
     from .. import data
 
     tp, root = P.transfer, P.resolved_data_root()
-    cap_tr, cap_ev = tp.max_train_examples, tp.max_eval_examples
+    cap_tr, cap_ev = tp.max_train_examples, tp.eval_cap("pos")
     src = tp.pos_source_treebank or P.data.treebanks.get("en")  # None: the en default (GUM)
     if tp.pos_train == "xtreme":
         sents = data.read_treebank({"train": train_file(root, "xtreme", "pos_train")}, cap_tr, P.seed)
@@ -141,7 +141,7 @@ def xnli_sets(P: Any) -> tuple:
     from ..transfer import XnliTsvStream, split_xnli_dev
 
     tp, root = P.transfer, P.resolved_data_root()
-    cap_tr, cap_ev = tp.max_train_examples, tp.max_eval_examples
+    cap_tr, cap_ev = tp.max_train_examples, tp.eval_cap("xnli")
     evals = {l: data.read_xnli(root, "test", l, max_rows=cap_ev).reset_index(drop=True) for l in tp.xnli_languages}
     if tp.xnli_train == "mnli":
         stream = XnliTsvStream(train_file(root, "mnli", "xnli_train"))
