@@ -29,6 +29,13 @@
 #   The average rows leave out the final model, average x over Number, Gender and POS and then
 #   over the layers, and include English's own test score in y; the pairwise rows use the POS
 #   overlap (for both tasks), averaged over the layers, and include the final model.
+#
+# **Signal or noise.** Every r carries its Fisher-z 95% interval, an exact permutation p
+# (all orderings for <= 9 points), the range of r leaving one checkpoint out, the partial r
+# controlling for log training step (overlap and transfer both trend with training), and,
+# for pairwise rows, a bootstrap interval that resamples target languages as clusters (a
+# language's points over checkpoints are not independent). The last cell says in one
+# sentence per row whether the correlation survives (`xalign.stats.survives`).
 
 # %% tags=["parameters"]
 # A params file (path, relative to the repository root) or the dict papermill injects
@@ -57,3 +64,10 @@ if "table1" in summary.tables:
     display(summary.tables["table1"].round(3))
 else:
     print("no correlation table:", "; ".join(summary.skipped))
+
+# %%
+from xalign.stats import survives  # noqa: E402
+
+if "table1" in summary.tables:
+    for _, row in summary.tables["table1"].iterrows():
+        print("-", survives(row))

@@ -229,3 +229,26 @@ def test_fig_overlap_vs_layer_with_the_papers_eleven_attributes(tables, tmp_path
     assert_saved(fig, tmp_path, "fig2_eleven")
     # three attributes: the single panel as before
     assert len(plots.fig_overlap_vs_layer(avg).axes) == 1
+
+
+def test_overlap_figures_draw_intervals_ceiling_and_drops():
+    """Figure 1 shades the average's interval, dots the self-overlap ceiling and marks the
+    significant drop; without interval columns nothing is shaded."""
+    from matplotlib.collections import PolyCollection
+
+    avg = pd.DataFrame(dict(checkpoint=["a", "b", "c"], step=[10, 100, 1000], layer=3, attribute="POS", k=5, d=100,
+                            overlap_rate=[0.2, 0.3, 0.1], overlap_rate_std=0.05, n_pairs=10, chance_rate=0.05,
+                            n_significant=1, n_seeds=3, overlap_lo=[0.15, 0.25, 0.05], overlap_hi=[0.25, 0.35, 0.15],
+                            self_overlap_rate=[0.6, 0.7, 0.65]))
+    changes = pd.DataFrame(dict(layer=[3, 3], attribute="POS", checkpoint_from=["a", "b"], checkpoint_to=["b", "c"],
+                                step_from=[10, 100], step_to=[100, 1000], overlap_from=[0.2, 0.3],
+                                overlap_to=[0.3, 0.1], delta=[0.1, -0.2], drop=[False, True]))
+    ax = plots.fig_overlap_vs_step(avg, changes=changes).axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 1 and bands[0].get_paths()[0].vertices[:, 1].max() == pytest.approx(0.35)
+    labels = [l.get_label() for l in ax.lines]
+    assert "self-overlap ceiling (seeds)" in labels
+    drops = [c for c in ax.collections if c.get_label() == "significant drop (Holm)"]
+    assert len(drops) == 1 and drops[0].get_offsets().tolist() == [[1000.0, 0.1]]
+    bare = plots.fig_overlap_vs_step(avg.drop(columns=["overlap_lo", "overlap_hi", "self_overlap_rate"])).axes[0]
+    assert not [c for c in bare.collections if isinstance(c, PolyCollection)]

@@ -290,14 +290,15 @@ def pair_overlap_with(pairs: pd.DataFrame, pivot: str = "en") -> pd.DataFrame:
         pivot: the pivot language (ISO 639-1), e.g. the fine-tuning source "en".
 
     Returns:
-        Columns :data:`PIVOT_COLUMNS`: one row per (checkpoint, step, layer, attribute,
-        language) where ``language`` is the non-pivot member of a pair containing the pivot.
+        Columns :data:`PIVOT_COLUMNS` (and :data:`SEED_COLUMNS` when ``pairs`` has them):
+        one row per (checkpoint, step, layer, attribute, language) where ``language`` is the non-pivot member of a pair containing the pivot.
         Empty if the pivot has no pair.
     """
     m = (pairs["lang_a"] == pivot) | (pairs["lang_b"] == pivot)
     sub = pairs[m].copy()
     sub["language"] = np.where(sub["lang_a"] == pivot, sub["lang_b"], sub["lang_a"])
-    out = sub[PIVOT_COLUMNS] if not sub.empty else pd.DataFrame(columns=PIVOT_COLUMNS)
+    cols = PIVOT_COLUMNS + [c for c in SEED_COLUMNS if c in pairs.columns]  # from summarise_seeds
+    out = sub[cols] if not sub.empty else pd.DataFrame(columns=cols)
     return _sort(out, ["layer", "attribute", "language"])
 
 

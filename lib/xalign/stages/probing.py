@@ -9,6 +9,12 @@ and ``probing/paths.parquet``, the parts concatenated. ``probe.attributes`` are 
 every extracted layer of every checkpoint; ``probe.sweep_attributes`` (the paper's eleven,
 Figure 2 and Appendix B) additionally at the sweep layers of the last checkpoint only.
 
+Every dataset is probed once per seed of ``probe.seeds`` (one batched computation,
+:func:`xalign.probe.train_probes`); rows carry ``seed``. ``paths.parquet`` gives per greedy
+step the dev log-likelihood gain and its standard error (``dev_gain``, ``dev_gain_se``).
+With ``probe.selection: stability``, ``stability.parquet`` has one stability selection per
+dataset (:func:`xalign.selection.stability_select`).
+
 ``selections.parquet`` has per probe the selected neurons and normalised MI / accuracy on dev
 and test with the k neurons (``dev_mi`` ...) and with all d dimensions (``dev_mi_all`` ...;
 off the latent probe's training distribution, see :mod:`xalign.probe`). With
