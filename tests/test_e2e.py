@@ -34,11 +34,24 @@ def test_run_all_minimal(minimal_run: Path) -> None:
     pairs = pd.read_csv(run / "overlap" / "pairs.csv")
     assert ((pairs.overlap_rate >= 0) & (pairs.overlap_rate <= 1)).all()
     assert (pairs.chance_rate.round(6) == round(3 / 64, 6)).all()
-    # probe.seeds [0, 1]: every probe twice, pairs per seed, intervals and the ceiling
-    assert set(sel.seed) == {0, 1} and len(sel) == 2 * len(sel.drop_duplicates(["checkpoint", "layer", "attribute",
-                                                                                   "language"]))
+    # probe.seeds [0, 1] x data.split_seeds [0, 1]: every dataset twice, each probe twice,
+    # pairs per replicate, intervals and the ceiling
+    labels = pd.read_parquet(run / "data" / "labels.parquet")
+    assert set(labels.split_seed) == {0, 1}
+    for (lang, _), lab in labels.groupby(["language", "split_seed"]):  # each split stays lemma-disjoint
+        words = pd.read_parquet(run / "data" / "words" / f"{lang}.parquet")
+        m = lab.merge(words[["sent_idx", "word_idx", "lemma", "form"]], on=["sent_idx", "word_idx"])
+        key = m.lemma.where(m.lemma != "_", m.form)
+        assert (m.groupby(key).split.nunique() == 1).all()
+    s0 = labels[labels.split_seed == 0].set_index(["language", "attribute", "sent_idx", "word_idx"]).split
+    s1 = labels[labels.split_seed == 1].set_index(["language", "attribute", "sent_idx", "word_idx"]).split
+    common = s0.index.intersection(s1.index)
+    assert (s0[common] != s1[common]).mean() > 0.1  # the two seeds split differently
+    assert set(sel.seed) == {0, 1} and set(sel.split_seed) == {0, 1}
+    per_dataset = sel.groupby(["checkpoint", "layer", "attribute", "language"]).size()
+    assert per_dataset.max() == 4
     by_seed = pd.read_parquet(run / "overlap" / "pairs_by_seed.parquet")
-    assert len(by_seed) == 2 * len(pairs) and (pairs.n_seeds == 2).all()
+    assert len(by_seed) == pairs.n_seeds.sum() and pairs.n_seeds.max() == 4
     assert ((pairs.overlap_lo <= pairs.overlap_rate + 1e-9) & (pairs.overlap_rate <= pairs.overlap_hi + 1e-9)).all()
     avg = pd.read_parquet(run / "overlap" / "average.parquet")
     assert avg[["overlap_lo", "overlap_hi", "self_overlap_rate"]].notna().all().all()

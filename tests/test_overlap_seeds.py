@@ -179,3 +179,24 @@ def test_holm_runs_over_the_steps_of_one_layer_and_attribute():
     from statsmodels.stats.multitest import multipletests
     np.testing.assert_allclose(ch.p_holm, multipletests(ch.p_value, method="holm")[1])
     assert bool(ch.set_index("checkpoint_to").loc["c2", "drop"])
+
+
+def test_probe_seeds_times_split_seeds_are_the_replicates():
+    """With data.split_seeds, a replicate is (probe seed, split seed): pairs compare the same
+    replicate of two languages, summaries and ceilings run over all S x T replicates."""
+    rng = np.random.default_rng(9)
+    world = _world(rng, 4)
+    sel = pd.concat([_selections(world, 3, 0.3, rng).assign(split_seed=t) for t in (0, 5)], ignore_index=True)
+    by_seed = overlap_pairs(sel)
+    assert len(by_seed) == 6 * 3 * 2 and {"seed", "split_seed"} <= set(by_seed.columns)
+    r = by_seed[(by_seed.lang_a == "l00") & (by_seed.lang_b == "l02") & (by_seed.seed == 1)
+                & (by_seed.split_seed == 5)].iloc[0]
+    pick = lambda l: set(sel[(sel.language == l) & (sel.seed == 1) & (sel.split_seed == 5)].neurons.iloc[0])  # noqa: E731
+    assert r.n_overlap == len(pick("l00") & pick("l02"))
+    s = summarise_seeds(by_seed)
+    assert (s.n_seeds == 6).all()
+    assert (self_overlap(sel).n_seeds == 6).all()
+    avg = average_with_intervals(by_seed, self_overlap(sel), n_boot=200).iloc[0]
+    assert avg.n_seeds == 6 and avg.overlap_lo <= avg.overlap_rate <= avg.overlap_hi
+    with pytest.raises(ValueError, match="split_seed=5"):
+        overlap_pairs(pd.concat([sel, sel.iloc[[-1]]]))

@@ -43,6 +43,12 @@ def test_dict_form_equals_file_form(tmp_path):
     ({"run_name": "x", "data": {"languages": ["en", "xx"]}}, "unknown language codes ['xx']"),
     ({"run_name": "x", "data": {"attributes": ["POS", "Number"]}, "probe": {"sweep_attributes": ["Case", "POS"]}},
      "params.probe.sweep_attributes: ['Case'] not in data.attributes ['POS', 'Number']"),
+    ({"run_name": "x", "probe": {"seeds": []}}, "params.probe.seeds: is empty"),
+    ({"run_name": "x", "probe": {"seeds": [1, 1]}}, "params.probe.seeds: [1, 1] must be distinct integers >= 0"),
+    ({"run_name": "x", "data": {"split_seeds": [0, -2]}}, "params.data.split_seeds: [0, -2] must be"),
+    ({"run_name": "x", "transfer": {"max_eval_examples": {"pos": 10}}},
+     "params.transfer.max_eval_examples: no value for task(s) ['xnli']"),
+    ({"run_name": "x", "transfer": {"max_eval_examples": 0}}, "params.transfer.max_eval_examples: 0 must be >= 1"),
     ({"run_name": "bad name"}, "params.run_name"),
     ({}, "params.run_name: Field required"),
 ])

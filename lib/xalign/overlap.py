@@ -64,9 +64,18 @@ def overlap_p_value(n_overlap: int, d: int, k: int) -> float:
     return float(hypergeom.sf(n_overlap - 1, d, k, k))
 
 
+#: Replicate keys: a probe seed and a lemma-split seed (``data.split_seeds``) make one replicate.
+_REPLICATE = ["seed", "split_seed"]
+
+
+def _replicates(df: pd.DataFrame) -> list[str]:
+    """The replicate columns the table has (``seed``, ``split_seed``)."""
+    return [c for c in _REPLICATE if c in df.columns]
+
+
 def _groups(selections: pd.DataFrame) -> list[str]:
-    """The grouping keys: (checkpoint, layer, attribute), and ``seed`` when the table has it."""
-    return _GROUP + (["seed"] if "seed" in selections.columns else [])
+    """The grouping keys: (checkpoint, layer, attribute), and the replicate columns it has."""
+    return _GROUP + _replicates(selections)
 
 
 def _validate(selections: pd.DataFrame) -> None:
@@ -79,7 +88,7 @@ def _validate(selections: pd.DataFrame) -> None:
         raise ValueError(
             f"selections table: {int(dup.sum())} duplicate rows for checkpoint={r['checkpoint']} "
             f"layer={r['layer']} attribute={r['attribute']} language={r['language']}"
-            + (f" seed={r['seed']}" if "seed" in selections.columns else ""))
+            + "".join(f" {c}={r[c]}" for c in _replicates(selections)))
 
 
 @contextlib.contextmanager
@@ -170,8 +179,8 @@ def overlap_pairs(selections: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame
     if not 0 < alpha < 1:
         raise ValueError(f"overlap_pairs: alpha={alpha} must be in (0, 1)")
     _validate(selections)
-    seeded = "seed" in selections.columns
-    cols: dict[str, list] = {c: [] for c in PAIR_COLUMNS + (["seed"] if seeded else [])}
+    reps = _replicates(selections)
+    cols: dict[str, list] = {c: [] for c in PAIR_COLUMNS + reps}
     with _gc_frozen():  # multipletests(method="holm") runs gc.collect() on every call
         for group, g in selections.groupby(_groups(selections), sort=True, dropna=False):
             d = _single(g["d"], "d", group)
@@ -204,13 +213,13 @@ def overlap_pairs(selections: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame
             cols["p_value"] += p.astype(float).tolist()
             cols["p_holm"] += p_holm.astype(float).tolist()
             cols["significant"] += (p_holm < alpha).tolist()
-            if seeded:
-                cols["seed"] += [int(group[3])] * n
+            for i, c in enumerate(reps):
+                cols[c] += [int(group[3 + i])] * n
     out = pd.DataFrame(cols, columns=list(cols))
     out["step"] = out["step"].astype("Int64")
     out = out.astype({"layer": "int64", "k": "int64", "d": "int64", "n_overlap": "int64",
                       "significant": "bool"})
-    return _sort(out, ["layer", "attribute", "lang_a", "lang_b"] + (["seed"] if seeded else []))
+    return _sort(out, ["layer", "attribute", "lang_a", "lang_b"] + reps)
 
 
 def _sort(df: pd.DataFrame, rest: list[str]) -> pd.DataFrame:
@@ -325,8 +334,9 @@ def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
 def summarise_seeds(pairs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """One row per language pair from per-seed pairs: mean over probe seeds with an interval.
 
-    ``overlap_rate`` and ``n_overlap`` are the means over seeds (each seed's selections
-    compared with the same seed's); ``overlap_sd`` their sample standard deviation;
+    ``overlap_rate`` and ``n_overlap`` are the means over replicates (each seed's selections
+    compared with the same seed's; a replicate is a probe seed and, with ``split_seed``, a
+    lemma-split seed); ``overlap_sd`` their sample standard deviation;
     ``overlap_lo, overlap_hi`` the Student-t ``confidence`` interval of the mean over seeds,
     clipped to [0, 1] (NaN with one seed: with 3-10 seeds a percentile bootstrap over seeds under-covers, the
     t interval does not; see the calibration test). Significance is an intersection-union
@@ -369,8 +379,8 @@ SELF_COLUMNS = ["checkpoint", "step", "layer", "attribute", "language", "k", "d"
 def self_overlap(selections: pd.DataFrame) -> pd.DataFrame:
     """Selection stability across probe seeds: the self-overlap ceiling of each dataset.
 
-    For one (checkpoint, layer, attribute, language) with seeds s = 1..S, the mean over the
-    S(S-1)/2 seed pairs of the overlap rate |A_s ∩ A_t| / k and of the Jaccard index
+    For one (checkpoint, layer, attribute, language) with replicates s = 1..S (probe seeds, and
+    lemma-split seeds when ``data.split_seeds`` has several), the mean over the S(S-1)/2 pairs of the overlap rate |A_s ∩ A_t| / k and of the Jaccard index
     |A_s ∩ A_t| / |A_s ∪ A_t|. Two seeds of the *same* language share the data, so this is
     the ceiling a cross-language overlap can reach with these probes: a cross-language
     rate is only meaningful relative to it (and to chance k/d).
@@ -382,8 +392,6 @@ def self_overlap(selections: pd.DataFrame) -> pd.DataFrame:
         :data:`SELF_COLUMNS`; rates NaN for datasets with one seed.
     """
     _validate(selections)
-    if "seed" not in selections.columns:
-        selections = selections.assign(seed=0)
     rows = []
     for key, g in selections.groupby(["checkpoint", "layer", "attribute", "language"], sort=True):
         d, k = int(g["d"].iloc[0]), int(g["k"].iloc[0])
@@ -400,14 +408,14 @@ def self_overlap(selections: pd.DataFrame) -> pd.DataFrame:
 
 
 def _rate_cube(g: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    """(languages, O (S, L, L)) overlap rates of one group's per-seed pairs; NaN where absent."""
-    if "seed" not in g.columns:
-        g = g.assign(seed=0)
+    """(languages, O (S, L, L)) overlap rates of one group's per-replicate pairs (S replicates:
+    probe seed x lemma-split seed); NaN where absent."""
+    reps = _replicates(g)
+    rep = g.groupby(reps, sort=True).ngroup().to_numpy() if reps else np.zeros(len(g), dtype=int)
     langs = sorted(set(g["lang_a"]) | set(g["lang_b"]))
-    seeds = sorted(g["seed"].unique())
-    li, si = {l: i for i, l in enumerate(langs)}, {s: i for i, s in enumerate(seeds)}
-    O = np.full((len(seeds), len(langs), len(langs)), np.nan)
-    a, b, s = g["lang_a"].map(li).to_numpy(), g["lang_b"].map(li).to_numpy(), g["seed"].map(si).to_numpy()
+    li = {l: i for i, l in enumerate(langs)}
+    O = np.full((int(rep.max()) + 1 if len(rep) else 0, len(langs), len(langs)), np.nan)
+    a, b, s = g["lang_a"].map(li).to_numpy(), g["lang_b"].map(li).to_numpy(), rep
     O[s, a, b] = O[s, b, a] = g["overlap_rate"].to_numpy(dtype=float)
     return langs, O
 
@@ -483,7 +491,7 @@ def average_with_intervals(pairs: pd.DataFrame, self_table: pd.DataFrame | None 
     """
     if n_boot < 100 or not 0 < confidence < 1:
         raise ValueError(f"average_with_intervals: n_boot={n_boot} must be >= 100 and confidence={confidence} in (0, 1)")
-    avg = average_overlap(pairs.drop(columns=["seed"], errors="ignore"))
+    avg = average_overlap(pairs.drop(columns=_REPLICATE, errors="ignore"))
     cols = AVERAGE_COLUMNS + AVERAGE_CI_COLUMNS
     if avg.empty:
         return pd.DataFrame(columns=cols)

@@ -102,9 +102,20 @@ class DataParams(_Strict):
     #: multiword tokens (Spanish "del" = "de" + "el"): one word per syntactic word, or one per
     #: surface token with merged attributes as the paper's code (xalign.data.words_table).
     multiword_tokens: Literal["syntactic", "surface"] = "syntactic"
+    #: lemma-split seeds: one train/dev/test split by lemma per seed, every dataset probed on
+    #: each (rows carry split_seed; overlaps get intervals over probe seeds x split seeds). None: [seed].
+    split_seeds: list[int] | None = None
+
+    def split_seed_list(self, seed: int) -> list[int]:
+        """The lemma-split seeds: ``split_seeds``, or ``[seed]`` (the run's seed) when null."""
+        return list(self.split_seeds) if self.split_seeds is not None else [int(seed)]
 
     @model_validator(mode="after")
     def _check(self) -> "DataParams":
+        if self.split_seeds is not None and (not self.split_seeds or any(x < 0 for x in self.split_seeds)
+                                             or len(set(self.split_seeds)) != len(self.split_seeds)):
+            raise _KeyError("data.split_seeds", f"{self.split_seeds} must be a non-empty list of distinct "
+                            "integers >= 0, or null for [seed]")
         if abs(sum(self.split_fractions) - 1.0) > 1e-6:
             raise ValueError("split_fractions must sum to 1")
         bad = sorted(set(self.attributes) - set(ALL_ATTRIBUTES))

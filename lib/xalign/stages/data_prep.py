@@ -4,7 +4,8 @@ one dataset per (language, attribute), split 80/10/10 by lemma (Wang et al. 2024
 Wave 1: one unit per language, ``data/words/<lang>.parquet`` (every UD word with UPOS, FEATS,
 UniMorph), reused while its treebank files and sampling params are unchanged. Wave 2: one
 unit, ``data/labels.parquet`` and ``data/summary.{parquet,csv}``, over all words tables
-and ``attributes``, ``min_count``, ``split_fractions`` and the seed.
+and ``attributes``, ``min_count``, ``split_fractions`` and the lemma-split seeds
+(``data.split_seeds``, default ``[seed]``): one split per seed, rows carry ``split_seed``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def plan(ctx: Context) -> Iterator[list[Unit]]:
                                                  **config}, code)
     yield list(words.values())
     config = {"languages": dp.languages, "attributes": dp.attributes, "min_count": dp.min_count,
-              "split_fractions": list(dp.split_fractions), "seed": P.seed}
+              "split_fractions": list(dp.split_fractions), "split_seeds": dp.split_seed_list(P.seed)}
     d = run / "data"
     sources = {l: dp.treebanks.get(l) or data.language_info(l).treebank for l in dp.languages}
     yield [Unit(name, "labels", config, {f"words/{l}": ctx.sha(u.outputs[0]) for l, u in words.items()},
@@ -64,19 +65,26 @@ def make_words(root: Path, dest: Path, language: str, treebank: str | None, tree
 
 
 def make_labels(words: list[Path], out: Path, sources: dict, languages: list[str], attributes: list[str],
-                min_count: int, split_fractions: list[float], seed: int) -> dict:
-    """Labels and summary (:func:`xalign.data.build_datasets`) from the words tables."""
+                min_count: int, split_fractions: list[float], split_seeds: list[int]) -> dict:
+    """Labels and summary (:func:`xalign.data.build_datasets`) from the words tables, once per
+    lemma-split seed; both tables get a ``split_seed`` column."""
     import pandas as pd
 
     from .. import data
 
     w = pd.concat([read_table(f) for f in words], ignore_index=True)
-    labels, summary = data.build_datasets(w, attributes, min_count=min_count, fractions=split_fractions, seed=seed,
-                                          sources=sources)
-    write_table(labels, out / "labels.parquet")
+    labels, summary = [], []
+    for s in split_seeds:
+        lab, summ = data.build_datasets(w, attributes, min_count=min_count, fractions=split_fractions, seed=s,
+                                        sources=sources)
+        labels.append(lab.assign(split_seed=s))
+        summary.append(summ.assign(split_seed=s))
+    summary = pd.concat(summary, ignore_index=True)
+    write_table(pd.concat(labels, ignore_index=True), out / "labels.parquet")
     write_table(summary, out / "summary.parquet", csv=True)
-    return {"skipped": [f"{r.language}/{r.attribute}: {r.reason}" for r in summary.itertuples()
-                        if r.status != "kept"]}
+    tag = len(split_seeds) > 1
+    return {"skipped": [f"{r.language}/{r.attribute}" + (f" (split seed {r.split_seed})" if tag else "")
+                        + f": {r.reason}" for r in summary.itertuples() if r.status != "kept"]}
 
 
 def gather(ctx: Context, s: StageSummary, units: list[Unit]) -> None:

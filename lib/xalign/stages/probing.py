@@ -9,7 +9,8 @@ and ``probing/paths.parquet``, the parts concatenated. ``probe.attributes`` are 
 every extracted layer of every checkpoint; ``probe.sweep_attributes`` (the paper's eleven,
 Figure 2 and Appendix B) additionally at the sweep layers of the last checkpoint only.
 
-Every dataset is probed once per seed of ``probe.seeds`` (one batched computation,
+Every dataset (one per lemma-split seed of ``data.split_seeds``, rows carry ``split_seed``)
+is probed once per seed of ``probe.seeds`` (one batched computation,
 :func:`xalign.probe.train_probes`); rows carry ``seed``. ``paths.parquet`` gives per greedy
 step the dev log-likelihood gain and its standard error (``dev_gain``, ``dev_gain_se``).
 With ``probe.selection: stability``, ``stability.parquet`` has one stability selection per
@@ -105,8 +106,7 @@ def _probe_unit(P: Any, cfg, c: dict, lang: str, attrs: list[str], labels: pd.Da
 
     pp = P.probe
     rows: dict[str, list[dict]] = {"selections": [], "paths": [], "stability": []}
-    for attr in attrs:
-        lab = labels[labels.attribute == attr]
+    for attr, split_seed, lab in _datasets(labels, attrs):
         for layer in (layers_of or {}).get(attr, meta["layers"]):
             splits, values = probe_splits(lab, tensors, layer)
             (Xtr, ytr), (Xdv, ydv), (Xte, yte) = splits["train"], splits["dev"], splits["test"]
@@ -117,9 +117,20 @@ def _probe_unit(P: Any, cfg, c: dict, lang: str, attrs: list[str], labels: pd.Da
             if pp.standardize:
                 Xtr, Xdv, Xte = standardize(Xtr, Xdv, Xte)
             ident = {"checkpoint": c["name"], "step": c["step"], "layer": layer, "attribute": attr,
-                     "language": lang}
+                     "language": lang, "split_seed": split_seed}
             _probe_dataset(P, cfg, ident, d, values, (Xtr, ytr, Xdv, ydv, Xte, yte), rows)
     return {name: pd.DataFrame(r) for name, r in rows.items()}
+
+
+def _datasets(labels: pd.DataFrame, attrs: list[str]) -> Iterator[tuple[str, int, pd.DataFrame]]:
+    """(attribute, lemma-split seed, its labels) of every dataset of one language, in order
+    (labels without ``split_seed``, written before it existed, count as split seed 0)."""
+    if "split_seed" not in labels.columns:
+        labels = labels.assign(split_seed=0)
+    for attr in attrs:
+        lab = labels[labels.attribute == attr]
+        for split_seed in sorted(lab.split_seed.unique()):
+            yield attr, int(split_seed), lab[lab.split_seed == split_seed]
 
 
 def _probe_dataset(P: Any, cfg, ident: dict, d: int, values: list[str], data: tuple,
@@ -171,9 +182,9 @@ def _jobs(ctx: Context, kept: pd.DataFrame, sweep_attrs: list[str]) -> list[tupl
             if not f.is_file():
                 ctx.skip(f"{c['name']}/{lang}: no vectors")
                 continue
-            kept_l = kept_c[kept_c.language == lang]
-            attrs = sorted(kept_l[kept_l.attribute.isin(P.probe.attributes)].attribute)
-            extra = sorted(kept_l[kept_l.attribute.isin(sweep_attrs)].attribute)
+            kept_l = kept_c[kept_c.language == lang]  # one row per (attribute, split seed)
+            attrs = sorted(set(kept_l[kept_l.attribute.isin(P.probe.attributes)].attribute))
+            extra = sorted(set(kept_l[kept_l.attribute.isin(sweep_attrs)].attribute))
             jobs.append((c, lang, attrs, extra, f))
     return jobs
 
