@@ -60,6 +60,12 @@ def test_run_all_minimal(minimal_run: Path) -> None:
     assert pd.read_parquet(run / "probing" / "paths.parquet").dev_gain_se.notna().all()
 
     tr = pd.read_csv(run / "transfer" / "results.csv")
+    # transfer.seeds [0, 1]: per-seed rows, their mean and an interval over seeds
+    by_seed = pd.read_parquet(run / "transfer" / "results_by_seed.parquet")
+    assert set(by_seed.seed) == {0, 1} and len(by_seed) == 2 * len(tr) and (tr.n_seeds == 2).all()
+    mean = by_seed.groupby(["checkpoint", "task", "language", "metric"]).value.mean()
+    assert (tr.set_index(["checkpoint", "task", "language", "metric"]).value - mean).abs().max() < 1e-12
+    assert ((tr.ci_low <= tr.ci_high) & tr.seed_lo.notna()).all()
     assert {"pos", "xnli"} == set(tr.task)
     assert {"es", "fr"} <= set(tr[tr.task == "pos"].language)
     table1 = (run / "correlation" / "table1.md").read_text()

@@ -548,3 +548,26 @@ def test_per_task_epochs_and_eval_every_from_params():
         TransferConfig.from_params(tp)
     with pytest.raises(ValueError, match="eval_every"):
         TransferConfig(eval_every=0)
+
+
+def test_mean_over_fine_tuning_seeds():
+    from scipy.stats import t as student
+
+    from xalign.transfer import mean_over_seeds
+
+    rows = [dict(checkpoint="c", step=10, task="xnli", language=l, metric="accuracy", value=v, ci_low=v - 0.03,
+                 ci_high=v + 0.03, n=500, best_epoch=s, seed=s)
+            for s, vals in ((0, (0.40, 0.50)), (1, (0.44, 0.52)), (2, (0.42, 0.57))) for l, v in zip(("ar", "es"), vals)]
+    df = pd.DataFrame(rows)
+    m = mean_over_seeds(df).set_index("language")
+    assert m.loc["ar", "value"] == pytest.approx(0.42) and (m.n_seeds == 3).all()
+    half = student.ppf(0.975, 2) * np.std([0.40, 0.44, 0.42], ddof=1) / np.sqrt(3)
+    assert (m.loc["ar", "seed_lo"], m.loc["ar", "seed_hi"]) == pytest.approx((0.42 - half, 0.42 + half))
+    assert m.loc["es", "ci_low"] == pytest.approx(np.mean([0.50, 0.52, 0.57]) - 0.03)
+    assert m.loc["ar", "best_epoch"] == 0  # bookkeeping: the first seed's
+    one = mean_over_seeds(df[df.seed == 1])
+    pd.testing.assert_frame_equal(one.drop(columns=["n_seeds", "seed_lo", "seed_hi"]),
+                                  df[df.seed == 1].drop(columns="seed").reset_index(drop=True), check_dtype=False)
+    assert one.seed_lo.isna().all()
+    with pytest.raises(ValueError, match="two rows for"):
+        mean_over_seeds(pd.concat([df, df.iloc[[0]]]))

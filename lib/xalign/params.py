@@ -303,6 +303,14 @@ class TransferParams(_Strict):
     #: a 95% interval of about +-0.03).
     max_eval_examples: int | None | dict[Literal["pos", "xnli"], int | None] = 80
 
+    #: fine-tuning seeds (LoRA init, dropout, batch order), one run per (checkpoint, task, seed);
+    #: results are the mean over seeds with a t interval over them (seed_lo, seed_hi). None: [seed].
+    seeds: list[int] | None = None
+
+    def seed_list(self, seed: int) -> list[int]:
+        """The fine-tuning seeds: ``seeds``, or ``[seed]`` (the run's seed) when null."""
+        return list(self.seeds) if self.seeds is not None else [int(seed)]
+
     def eval_cap(self, task: str) -> int | None:
         """``max_eval_examples`` of ``task``."""
         v = self.max_eval_examples
@@ -310,6 +318,10 @@ class TransferParams(_Strict):
 
     @model_validator(mode="after")
     def _per_task(self) -> "TransferParams":
+        if self.seeds is not None and (not self.seeds or any(x < 0 for x in self.seeds)
+                                       or len(set(self.seeds)) != len(self.seeds)):
+            raise _KeyError("transfer.seeds", f"{self.seeds} must be a non-empty list of distinct integers >= 0, "
+                            "or null for [seed]")
         v = self.max_eval_examples
         if any(x is not None and x < 1 for x in (v.values() if isinstance(v, dict) else [v])):
             raise _KeyError("transfer.max_eval_examples", f"{v} must be >= 1 (or null: all)")

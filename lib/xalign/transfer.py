@@ -250,6 +250,43 @@ def pos_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]
     return {"accuracy": float((g == p).mean()), "f1": span_f1, "macro_f1": float(np.mean(per_tag))}
 
 
+def mean_over_seeds(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Transfer scores averaged over fine-tuning seeds, with an interval over them.
+
+    One row per (checkpoint, step, task, language, metric) of ``results`` (rows of every
+    seed, with a ``seed`` column): ``value`` and ``ci_low, ci_high`` (each seed's bootstrap
+    interval over evaluation examples) are means over seeds; ``n_seeds``; ``seed_lo,
+    seed_hi`` the Student-t ``confidence`` interval of the mean over seeds, clipped to
+    [0, 1] (NaN with one seed); ``best_epoch``, ``best_step`` and the other bookkeeping
+    columns are the first seed's. With one seed the values are that seed's, unchanged.
+
+    Args:
+        results: per-seed rows (``transfer/results_by_seed.parquet``).
+        confidence: of the interval over seeds, in (0, 1).
+
+    Raises:
+        ValueError: a ``seed`` column is missing or a (row key, seed) appears twice.
+    """
+    from scipy.stats import t
+
+    keys = ["checkpoint", "step", "task", "language", "metric"]
+    if "seed" not in results.columns:
+        raise ValueError("transfer results: no 'seed' column to average over")
+    if results.duplicated(keys + ["seed"]).any():
+        r = results[results.duplicated(keys + ["seed"])].iloc[0]
+        raise ValueError(f"transfer results: two rows for {dict(r[keys + ['seed']])}")
+    g = results.groupby(keys, sort=False, dropna=False)
+    first = g.first().drop(columns=["seed", "value", "ci_low", "ci_high"], errors="ignore")
+    out = g.agg(value=("value", "mean"), ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"),
+                n_seeds=("seed", "size"), sd=("value", "std")).join(first).reset_index()
+    half = t.ppf((1 + confidence) / 2, (out["n_seeds"] - 1).clip(lower=1)) * out["sd"] / np.sqrt(out["n_seeds"])
+    multi = out["n_seeds"] > 1
+    out["seed_lo"] = (out["value"] - half).clip(lower=0).where(multi)
+    out["seed_hi"] = (out["value"] + half).clip(upper=1).where(multi)
+    cols = [c for c in results.columns if c != "seed"] + ["n_seeds", "seed_lo", "seed_hi"]
+    return out[cols]
+
+
 #: Metrics of a POS evaluation (:func:`pos_scores`), in the order of the result rows.
 POS_METRICS: tuple[str, ...] = ("accuracy", "f1", "macro_f1")
 

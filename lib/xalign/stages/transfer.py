@@ -1,12 +1,13 @@
 """Stage 5 (notebook ``05_finetuning``): (Q)LoRA fine-tuning on English, zero-shot evaluation
 on every target language (Wang et al. 2024, Sec. 4.2; :mod:`xalign.transfer`).
 
-Wave 1: one unit per (checkpoint, task), ``transfer/parts/<checkpoint>/<task>.parquet``,
+Wave 1: one unit per (checkpoint, task, fine-tuning seed of ``transfer.seeds``),
+``transfer/parts/<checkpoint>/<task>.seed-<seed>.parquet``,
 grouped per checkpoint and marked as needing a GPU; reused while the checkpoint's weights,
 the training / evaluation files (their SHA-256) and the transfer params are unchanged.
 While a unit trains, ``<task>.resume.pt`` beside it holds the state of its last English-dev
-evaluation; a rerun after a kill continues from there. Wave 2: ``transfer/results.{parquet,csv}``,
-the parts concatenated. With ``transfer.tasks: []`` there are no units, and the scheduler
+evaluation; a rerun after a kill continues from there. Wave 2: ``transfer/results_by_seed.parquet``,
+the parts concatenated, and ``transfer/results.{parquet,csv}``, their mean over seeds. With ``transfer.tasks: []`` there are no units, and the scheduler
 removes the earlier results.
 """
 
@@ -94,21 +95,25 @@ def plan(ctx: Context) -> Iterator[list[Unit]]:
     data_sha = {t: content_sha256({str(f.relative_to(root)) if f.is_relative_to(root) else str(f): ctx.input_sha(f)
                                    for f in data_files(P, t)}) for t in tasks}
     code, parts = code_version(*CODE), []
+    seeds = tp.seed_list(P.seed)
     for c in checkpoint_rows(run):
         group = []
         for task in tasks:
-            config = {**result_config(tp, {"tasks"}), "task": task, "seed": P.seed, "checkpoint": c["name"],
-                      "revision": c["revision"]}
-            dest = run / "transfer" / "parts" / c["name"] / f"{task}.parquet"
-            u = Unit(name, f"{c['name']}/{task}", config, {"weights": c["weights_sha256"], "data": data_sha[task]},
-                     (dest,), finetune, {"P": P, "c": c, "task": task, "dest": dest}, code,
-                     Resources(gpu=True, group=c["name"]))
-            u.args["resume_key"] = u.identity
-            group.append(u)
+            for seed in seeds:
+                config = {**result_config(tp, {"tasks", "seeds"}), "task": task, "seed": seed,
+                          "data_seed": P.seed, "checkpoint": c["name"], "revision": c["revision"]}
+                dest = run / "transfer" / "parts" / c["name"] / f"{task}.seed-{seed}.parquet"
+                u = Unit(name, f"{c['name']}/{task}/seed-{seed}", config,
+                         {"weights": c["weights_sha256"], "data": data_sha[task]}, (dest,), finetune,
+                         {"P": P, "c": c, "task": task, "seed": seed, "dest": dest}, code,
+                         Resources(gpu=True, group=c["name"]))
+                u.args["resume_key"] = u.identity
+                group.append(u)
         group[-1].args["release"] = True  # the checkpoint's last unit may free its weights
         parts += group
     yield parts
-    outs = (run / "transfer" / "results.parquet", run / "transfer" / "results.csv")
+    outs = (run / "transfer" / "results.parquet", run / "transfer" / "results.csv",
+            run / "transfer" / "results_by_seed.parquet")
     yield [Unit(name, "results", {"parts": [u.key for u in parts]}, {u.key: ctx.sha(u.outputs[0]) for u in parts},
                 outs, concat_parts, {"parts": [u.outputs[0] for u in parts], "dest": outs[0]}, code)]
 
@@ -167,19 +172,21 @@ def _sets(P: Any, task: str) -> tuple:
     return _SETS[key]
 
 
-def finetune(P: Any, c: dict, task: str, dest: Path, resume_key: str, release: bool = False) -> dict:
-    """Fine-tune checkpoint row ``c`` on English ``task``, evaluate zero-shot, write ``dest``."""
+def finetune(P: Any, c: dict, task: str, seed: int, dest: Path, resume_key: str, release: bool = False) -> dict:
+    """Fine-tune checkpoint row ``c`` on English ``task`` with fine-tuning ``seed``, evaluate
+    zero-shot, write ``dest`` (rows carry ``seed``)."""
     from .. import checkpoints as ck
     from ..transfer import ResumeFile, TransferConfig, finetune_pos, finetune_xnli
     from .extraction import release_weights
 
-    cfg = TransferConfig.from_params(P.transfer, seed=P.seed, task=task)
+    cfg = TransferConfig.from_params(P.transfer, seed=seed, task=task)
     model_dir, tok_dir = ck.local_files(ck.checkpoint_from_row(c))  # hub: download on demand
-    resume = ResumeFile(dest.with_name(f"{task}.resume.pt"), resume_key)
+    resume = ResumeFile(dest.with_name(f"{dest.stem}.resume.pt"), resume_key)
     fn = finetune_pos if task == "pos" else finetune_xnli
     df = fn(model_dir, *_sets(P, task), cfg, revision=None, tokenizer_path=tok_dir, resume=resume).assign(task=task)
     df.insert(0, "step", c["step"])
     df.insert(0, "checkpoint", c["name"])
+    df["seed"] = seed
     write_table(df, dest)
     if release:
         release_weights(P, c)
@@ -187,9 +194,14 @@ def finetune(P: Any, c: dict, task: str, dest: Path, resume_key: str, release: b
 
 
 def concat_parts(parts: list[Path], dest: Path) -> None:
-    """``transfer/results.{parquet,csv}``: every part, in unit order."""
+    """``transfer/results_by_seed.parquet``: every part, in unit order; ``results.{parquet,csv}``:
+    the mean over fine-tuning seeds (:func:`xalign.transfer.mean_over_seeds`)."""
+    from ..transfer import mean_over_seeds
+
     dfs = [read_table(p) for p in parts]
-    write_table(pd.concat(dfs, ignore_index=True) if dfs else pd.DataFrame(), dest, csv=True)
+    by_seed = pd.concat(dfs, ignore_index=True) if dfs else pd.DataFrame()
+    write_table(by_seed, dest.with_name("results_by_seed.parquet"))
+    write_table(mean_over_seeds(by_seed) if len(by_seed) else by_seed, dest, csv=True)
 
 
 def gather(ctx: Context, s: StageSummary, units: list[Unit]) -> None:
