@@ -67,7 +67,7 @@ sel.groupby(["checkpoint", "layer", "attribute"])[cols].mean().round(3)
 # ## Signal or noise along the greedy path
 #
 # Each probe is trained once per seed in `probe.seeds` (the seeds of a dataset run as one
-# batched computation, bit-identical to separate runs). Every pick of the greedy path records
+# batched computation, equal to separate runs up to float rounding). Every pick of the greedy path records
 # its gain in dev log-likelihood and the standard error of that gain over dev examples. A pick
 # whose gain is below about 2 SE is not distinguishable from no gain on this dev set: the
 # last picks of a path are often such noise dimensions, so overlaps that differ only in them

@@ -693,13 +693,17 @@ def train_probes(X: Tensor, y: Tensor, n_classes: int, config: ProbeConfig = Pro
                  seeds: list[int] | tuple[int, ...] | None = None) -> list[LatentProbe]:
     """Train the latent probe of :func:`train_probe` once per seed, the seeds batched.
 
-    Each seed ``s`` gives exactly the probe of ``train_probe(X, y, C, replace(config, seed=s))``
-    (same held-out split, masks and evaluation masks, drawn from a generator seeded with
-    ``s``), up to float rounding: with a full batch the seeds run as one computation, every
+    Each seed ``s`` gives the probe of ``train_probe(X, y, C, replace(config, seed=s))`` (same
+    held-out split, masks and evaluation masks, drawn from a generator seeded with ``s``) up to
+    float rounding: vectorised elementwise kernels (exp, sigmoid) round a tensor's tail
+    elements differently with its length, so a seed's parameters can move by ~1e-9 with the
+    other seeds in its batch (measured: max |Δφ| 3.7e-9, same epochs and selections). The
+    same call is bitwise reproducible. With a full batch the seeds run as one computation, every
     parameter and data tensor getting a leading seed dimension R, so one step is one batched
     matrix product ``(R, S·C, d) @ (R, d, n)`` instead of R small ones (the per-op overhead
     dominates small probes). A seed that stops early is dropped from the batch. Minibatches
-    (``batch_size`` < training examples) run the seeds one after another.
+    (``batch_size`` < training examples) and problems with N·d·C above
+    :data:`BATCH_SEEDS_MAX_WORK` (compute-bound) run the seeds one after another.
 
     Args:
         X: (N, d) float word vectors. y: (N,) int labels in ``[0, n_classes)``.
@@ -736,7 +740,15 @@ def _train_seeds(X: Tensor, y: Tensor, n_classes: int, config: ProbeConfig, seed
     n_tr = X.shape[0] - int(round(config.held_out_fraction * X.shape[0]))
     if config.batch_size is not None and config.batch_size < n_tr:
         return [_train(X, y, n_classes, c, latent=latent) for c in configs]
+    if X.shape[0] * X.shape[1] * max(int(n_classes), 1) > BATCH_SEEDS_MAX_WORK:  # compute-bound: one by one
+        return [p for c in configs for p in _BatchedTrainer(X, y, n_classes, [c], latent, name).run()]
     return _BatchedTrainer(X, y, n_classes, configs, latent, name).run()
+
+
+#: Above this N·d·C the seeds are trained one after another (same code, one seed per batch): batching
+#: only saves per-op overhead, and on a compute-bound problem the stacked copies cost more
+#: (benchmarks/bench_seeds.py, 5 seeds: 2.7x faster at N·d·C = 2.3e5, 1.1x at 4.6e6, 0.87x at 1.0e8).
+BATCH_SEEDS_MAX_WORK = 2e7
 
 
 class _BatchedTrainer:
