@@ -557,11 +557,11 @@ def overlap_changes(pairs: pd.DataFrame, alpha: float = 0.05, n_boot: int = 2000
     for (layer, attr), g in pairs.groupby(["layer", "attribute"], sort=True):
         steps = g.drop_duplicates("checkpoint").sort_values("step", na_position="last")
         ckpts = list(steps["checkpoint"])
+        step_of = steps.set_index("checkpoint")["step"]
+        cubes = {c: _rate_cube(gc) for c, gc in g.groupby("checkpoint", sort=False)}  # each used twice
         family = []
         for a, b in zip(ckpts, ckpts[1:]):
-            ga, gb = g[g.checkpoint == a], g[g.checkpoint == b]
-            la, Oa = _rate_cube(ga)
-            lb, Ob = _rate_cube(gb)
+            (la, Oa), (lb, Ob) = cubes[a], cubes[b]
             common = sorted(set(la) & set(lb))
             if len(common) < 3:
                 continue
@@ -574,9 +574,8 @@ def overlap_changes(pairs: pd.DataFrame, alpha: float = 0.05, n_boot: int = 2000
             delta = delta[np.isfinite(delta)]
             p = min(1.0, 2 * min((1 + np.sum(delta <= 0)) / (1 + len(delta)), (1 + np.sum(delta >= 0)) / (1 + len(delta))))
             q = _t_boot_interval(x_b - x_a, delta, len(common), confidence)
-            sa, sb = steps.set_index("checkpoint")["step"][a], steps.set_index("checkpoint")["step"][b]
             family.append(dict(layer=int(layer), attribute=attr, checkpoint_from=a, checkpoint_to=b,
-                               step_from=sa, step_to=sb, overlap_from=x_a, overlap_to=x_b, delta=x_b - x_a,
+                               step_from=step_of[a], step_to=step_of[b], overlap_from=x_a, overlap_to=x_b, delta=x_b - x_a,
                                delta_lo=float(q[0]), delta_hi=float(q[1]), p_value=p))
         if family:
             with _gc_frozen():

@@ -42,6 +42,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _seeds_or_default(seeds: list[int] | None, seed: int) -> list[int]:
+    """A seed list field's seeds, or ``[seed]`` (the run's seed) when it is null."""
+    return list(seeds) if seeds is not None else [int(seed)]
+
+
+def _check_seed_list(key: str, seeds: list[int] | None) -> None:
+    """A seed list field is null or a non-empty list of distinct integers >= 0.
+
+    Raises:
+        _KeyError: at ``key``, one line.
+    """
+    if seeds is None:
+        return
+    if not seeds:
+        raise _KeyError(key, "is empty; give at least one seed, or null for [seed]")
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise _KeyError(key, f"{seeds} must be distinct integers >= 0 (or null for [seed])")
+
+
 #: Marks a field that cannot change a result (threads, inference batch sizes, devices, the
 #: executor, paths): :func:`result_config` leaves it out of every unit's identity.
 NO_EFFECT = {"affects_results": False}
@@ -108,14 +127,11 @@ class DataParams(_Strict):
 
     def split_seed_list(self, seed: int) -> list[int]:
         """The lemma-split seeds: ``split_seeds``, or ``[seed]`` (the run's seed) when null."""
-        return list(self.split_seeds) if self.split_seeds is not None else [int(seed)]
+        return _seeds_or_default(self.split_seeds, seed)
 
     @model_validator(mode="after")
     def _check(self) -> "DataParams":
-        if self.split_seeds is not None and (not self.split_seeds or any(x < 0 for x in self.split_seeds)
-                                             or len(set(self.split_seeds)) != len(self.split_seeds)):
-            raise _KeyError("data.split_seeds", f"{self.split_seeds} must be a non-empty list of distinct "
-                            "integers >= 0, or null for [seed]")
+        _check_seed_list("data.split_seeds", self.split_seeds)
         if abs(sum(self.split_fractions) - 1.0) > 1e-6:
             raise ValueError("split_fractions must sum to 1")
         bad = sorted(set(self.attributes) - set(ALL_ATTRIBUTES))
@@ -230,16 +246,12 @@ class ProbeParams(_Strict):
 
     @model_validator(mode="after")
     def _check_seeds(self) -> "ProbeParams":
-        if self.seeds is not None:
-            if not self.seeds:
-                raise _KeyError("probe.seeds", "is empty; give at least one seed, or null for [seed]")
-            if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
-                raise _KeyError("probe.seeds", f"{self.seeds} must be distinct integers >= 0")
+        _check_seed_list("probe.seeds", self.seeds)
         return self
 
     def seed_list(self, seed: int) -> list[int]:
         """The probe seeds: ``seeds``, or ``[seed]`` (the run's seed) when it is null."""
-        return list(self.seeds) if self.seeds is not None else [int(seed)]
+        return _seeds_or_default(self.seeds, seed)
 
     @model_validator(mode="after")
     def _entropy_needs_full_batch(self) -> "ProbeParams":
@@ -309,7 +321,7 @@ class TransferParams(_Strict):
 
     def seed_list(self, seed: int) -> list[int]:
         """The fine-tuning seeds: ``seeds``, or ``[seed]`` (the run's seed) when null."""
-        return list(self.seeds) if self.seeds is not None else [int(seed)]
+        return _seeds_or_default(self.seeds, seed)
 
     def eval_cap(self, task: str) -> int | None:
         """``max_eval_examples`` of ``task``."""
@@ -318,10 +330,7 @@ class TransferParams(_Strict):
 
     @model_validator(mode="after")
     def _per_task(self) -> "TransferParams":
-        if self.seeds is not None and (not self.seeds or any(x < 0 for x in self.seeds)
-                                       or len(set(self.seeds)) != len(self.seeds)):
-            raise _KeyError("transfer.seeds", f"{self.seeds} must be a non-empty list of distinct integers >= 0, "
-                            "or null for [seed]")
+        _check_seed_list("transfer.seeds", self.seeds)
         v = self.max_eval_examples
         if any(x is not None and x < 1 for x in (v.values() if isinstance(v, dict) else [v])):
             raise _KeyError("transfer.max_eval_examples", f"{v} must be >= 1 (or null: all)")
