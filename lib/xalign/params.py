@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import XalignError
+
 #: The 13 languages of the paper (Wang et al. 2024, Sec. 3) as ISO 639-1 codes.
 PAPER_LANGUAGES = ["ar", "eu", "ca", "zh", "en", "fr", "hi", "mr", "pt", "es", "ta", "ur", "vi"]
 #: Attributes of Stańczak et al. (2022) that data prep builds datasets for.
@@ -26,7 +28,7 @@ ALL_ATTRIBUTES = [
 ]
 
 
-class ParamsError(ValueError):
+class ParamsError(XalignError, ValueError):
     """A params file or dict that does not match the schema (one-line message)."""
 
 
@@ -59,6 +61,31 @@ def _check_seed_list(key: str, seeds: list[int] | None) -> None:
         raise _KeyError(key, "is empty; give at least one seed, or null for [seed]")
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise _KeyError(key, f"{seeds} must be distinct integers >= 0 (or null for [seed])")
+
+
+def _check_list(key: str, values: list | None, *, known: list | None = None, what: str = "",
+                empty_ok: bool = False) -> None:
+    """A list field is non-empty (unless ``empty_ok``), has no repeats and, with ``known``,
+    only names in it: misspelt names are errors, not filters.
+
+    Raises:
+        _KeyError: at ``key``, one line naming the bad values and what is known.
+    """
+    if values is None:
+        return
+    if not values and not empty_ok:
+        raise _KeyError(key, "is empty; list at least one")
+    dup = sorted({str(v) for v in values if values.count(v) > 1})
+    if dup:
+        raise _KeyError(key, f"{dup} listed twice")
+    if known is not None:
+        bad = [v for v in values if v not in known]
+        if bad:
+            raise _KeyError(key, f"unknown {what or 'value'}(s) {bad}; known: {list(known)}")
+
+
+#: The 15 XNLI languages (Conneau et al. 2018), ISO 639-1.
+XNLI_LANGUAGES = ["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]
 
 
 #: Marks a field that cannot change a result (threads, inference batch sizes, devices, the
@@ -102,9 +129,10 @@ class PretrainParams(_Strict):
     def _steps_increasing(self) -> "PretrainParams":
         s = self.checkpoint_steps
         if not s or any(b <= a for a, b in zip(s, s[1:])) or s[0] < 1:
-            raise ValueError("checkpoint_steps must be a non-empty, strictly increasing list of positive ints")
+            raise _KeyError("pretrain.checkpoint_steps", f"{s} must be a non-empty, strictly increasing list of positive ints")
         if self.hidden_size % self.n_head:
-            raise ValueError("hidden_size must be divisible by n_head")
+            raise _KeyError("pretrain.hidden_size", f"{self.hidden_size} must be divisible by pretrain.n_head ({self.n_head})")
+        _check_list("pretrain.text_sources", self.text_sources)
         return self
 
 
@@ -132,18 +160,18 @@ class DataParams(_Strict):
     @model_validator(mode="after")
     def _check(self) -> "DataParams":
         _check_seed_list("data.split_seeds", self.split_seeds)
-        if abs(sum(self.split_fractions) - 1.0) > 1e-6:
-            raise ValueError("split_fractions must sum to 1")
-        bad = sorted(set(self.attributes) - set(ALL_ATTRIBUTES))
-        if bad:
-            raise ValueError(f"unknown attributes {bad}; known: {ALL_ATTRIBUTES}")
+        fr = self.split_fractions
+        if any(not 0 < f < 1 for f in fr):
+            raise _KeyError("data.split_fractions", f"{list(fr)}: each of train, dev, test must be in (0, 1) "
+                            "(a 0 leaves that split empty: the probe needs all three)")
+        if abs(sum(fr) - 1.0) > 1e-6:
+            raise _KeyError("data.split_fractions", f"{list(fr)} must sum to 1 (they sum to {sum(fr):g})")
+        _check_list("data.attributes", self.attributes, known=ALL_ATTRIBUTES, what="attribute")
+        _check_list("data.languages", self.languages)
         unknown = [l for l in self.languages if l not in PAPER_LANGUAGES and l not in self.treebanks]
         if unknown:
-            raise ValueError(f"unknown language codes {unknown}; known: {PAPER_LANGUAGES} "
-                             "(for another language give its UD folder in data.treebanks)")
-        dup = sorted({l for l in self.languages if self.languages.count(l) > 1})
-        if dup:
-            raise ValueError(f"languages listed twice: {dup}")
+            raise _KeyError("data.languages", f"unknown language code(s) {unknown}; known: {PAPER_LANGUAGES} "
+                            "(for another language give its UD folder in data.treebanks)")
         return self
 
 
@@ -177,12 +205,21 @@ class CheckpointsParams(_Strict):
     @model_validator(mode="after")
     def _check_source_fields(self) -> "CheckpointsParams":
         if self.final_repo is not None and self.source != "hub":
-            raise ValueError(f"final_repo is for source 'hub' only (source is '{self.source}')")
+            raise _KeyError("checkpoints.final_repo", f"is for source 'hub' only (source is '{self.source}')")
         if self.gguf_package is not None:
             if self.source != "gguf":
-                raise ValueError(f"gguf_package is for source 'gguf' only (source is '{self.source}')")
+                raise _KeyError("checkpoints.gguf_package", f"is for source 'gguf' only (source is '{self.source}')")
             if self.gguf_file is not None or self.local_dir is not None:
-                raise ValueError("give either gguf_package or gguf_file (+ local_dir/repo), not both")
+                raise _KeyError("checkpoints.gguf_package", "give either gguf_package or gguf_file (+ local_dir/repo), not both")
+        needs = {"hub": ("repo", self.repo), "local": ("local_dir", self.local_dir)}
+        if self.source in needs and not needs[self.source][1]:
+            raise _KeyError(f"checkpoints.{needs[self.source][0]}", f"is required for source '{self.source}'")
+        if self.source == "gguf" and not (self.gguf_package or self.gguf_file):
+            raise _KeyError("checkpoints.gguf_file", "source 'gguf' needs gguf_file (with local_dir or repo) "
+                            "or gguf_package")
+        if self.source == "gguf" and self.gguf_file and not (self.local_dir or self.repo):
+            raise _KeyError("checkpoints.local_dir", "source 'gguf' with gguf_file needs local_dir or repo")
+        _check_list("checkpoints.revisions", self.revisions)
         return self
 
 
@@ -201,6 +238,17 @@ class ExtractionParams(_Strict):
     #: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; does not change the vectors'
     #: identity (like batch_size), so vectors extracted on CPU are reused on a GPU and back.
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", json_schema_extra=NO_EFFECT)
+
+    @model_validator(mode="after")
+    def _check_layers(self) -> "ExtractionParams":
+        _check_list("extraction.layers", self.layers)
+        if self.sweep_layers != "all":
+            _check_list("extraction.sweep_layers", self.sweep_layers, empty_ok=True)
+        for key, ls in (("extraction.layers", self.layers), ("extraction.sweep_layers", self.sweep_layers)):
+            bad = [l for l in (ls if ls != "all" else []) if l < 1]
+            if bad:
+                raise _KeyError(key, f"layer(s) {bad} < 1 (l = 1 is the embedding output)")
+        return self
 
 
 class ProbeParams(_Strict):
@@ -247,6 +295,9 @@ class ProbeParams(_Strict):
     @model_validator(mode="after")
     def _check_seeds(self) -> "ProbeParams":
         _check_seed_list("probe.seeds", self.seeds)
+        _check_list("probe.attributes", self.attributes, known=ALL_ATTRIBUTES, what="attribute")
+        _check_list("probe.sweep_attributes", self.sweep_attributes, known=ALL_ATTRIBUTES, what="attribute",
+                    empty_ok=True)
         return self
 
     def seed_list(self, seed: int) -> list[int]:
@@ -331,6 +382,11 @@ class TransferParams(_Strict):
     @model_validator(mode="after")
     def _per_task(self) -> "TransferParams":
         _check_seed_list("transfer.seeds", self.seeds)
+        _check_list("transfer.tasks", self.tasks, empty_ok=True)
+        _check_list("transfer.target_modules", self.target_modules)
+        if "xnli" in self.tasks:
+            _check_list("transfer.xnli_languages", self.xnli_languages, known=XNLI_LANGUAGES, what="XNLI language")
+        _check_list("transfer.pos_languages", self.pos_languages)
         v = self.max_eval_examples
         if any(x is not None and x < 1 for x in (v.values() if isinstance(v, dict) else [v])):
             raise _KeyError("transfer.max_eval_examples", f"{v} must be >= 1 (or null: all)")
@@ -341,11 +397,11 @@ class TransferParams(_Strict):
             if isinstance(v, dict):
                 missing = [t for t in self.tasks if t not in v]
                 if missing:
-                    raise ValueError(f"{name}: no value for task(s) {missing}")
+                    raise _KeyError(f"transfer.{name}", f"no value for task(s) {missing}")
                 if any(x < 1 for x in v.values()):
-                    raise ValueError(f"{name}: values must be >= 1, got {v}")
+                    raise _KeyError(f"transfer.{name}", f"values must be >= 1, got {v}")
             elif v is not None and v < 1:
-                raise ValueError(f"{name}: must be >= 1, got {v}")
+                raise _KeyError(f"transfer.{name}", f"must be >= 1, got {v}")
         return self
 
 
@@ -361,6 +417,11 @@ class CorrelationParams(_Strict):
 class FigureParams(_Strict):
     formats: list[Literal["png", "pdf"]] = Field(default_factory=lambda: ["png", "pdf"])
     dpi: int = Field(150, ge=50)
+
+    @model_validator(mode="after")
+    def _check_formats(self) -> "FigureParams":
+        _check_list("figures.formats", self.formats)
+        return self
 
 
 class ExecutorParams(_Strict):
@@ -397,7 +458,7 @@ class RunParams(_Strict):
     """Everything one run needs. Paths are relative to the repository root."""
 
     run_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     #: torch intra-op threads for stages 1-7 (None: torch's default, which differs between
     #: machines and so changes float results). Small probes and LoRA steps run faster on 1
     #: thread than on 2 contended ones.
@@ -419,12 +480,50 @@ class RunParams(_Strict):
 
     @model_validator(mode="after")
     def _across_sections(self) -> "RunParams":
-        sweep = self.probe.sweep_attributes or []
-        missing = [a for a in sweep if a not in self.data.attributes]
-        if missing:
-            raise _KeyError("probe.sweep_attributes", f"{missing} not in data.attributes {self.data.attributes} "
-                            "(data prep builds no datasets for them)")
+        for key in ("attributes", "sweep_attributes"):
+            missing = [a for a in getattr(self.probe, key) or [] if a not in self.data.attributes]
+            if missing:
+                raise _KeyError(f"probe.{key}", f"{missing} not in data.attributes {self.data.attributes} "
+                                "(data prep builds no datasets for them)")
+        self._check_languages()
+        if self.checkpoints.source == "lab":
+            self._check_lab_shape()
         return self
+
+    def _check_languages(self) -> None:
+        """Treebank overrides and POS languages name languages with a treebank; transfer has a
+        source ("en") and a target with overlaps to correlate with."""
+        known = [*PAPER_LANGUAGES, *self.data.treebanks]
+        tp = self.transfer
+        bad = [l for l in tp.pos_languages or [] if l not in known]
+        if bad and "pos" in tp.tasks:
+            raise _KeyError("transfer.pos_languages", f"unknown language code(s) {bad}; known: {known}")
+        used = {*self.data.languages, *(tp.pos_languages or []), "en"}
+        extra = [l for l in self.data.treebanks if l not in used]
+        if extra:
+            raise _KeyError("data.treebanks", f"language(s) {extra} are in neither data.languages "
+                            "nor transfer.pos_languages (the treebank would never be read)")
+        if tp.tasks and "en" not in self.data.languages:
+            raise _KeyError("data.languages", "must include 'en' while transfer.tasks is not empty "
+                            "(the fine-tuning source: Table 1 correlates en-target overlap with transfer)")
+        targets = {"pos": tp.pos_languages or self.data.languages, "xnli": tp.xnli_languages}
+        for task in tp.tasks:
+            if not [l for l in targets[task] if l != "en" and l in self.data.languages]:
+                key = "transfer.xnli_languages" if task == "xnli" else "transfer.pos_languages"
+                raise _KeyError(key, f"no target language besides 'en' that is also in data.languages "
+                                f"{self.data.languages}: Table 1 would have no point for {task}")
+
+    def _check_lab_shape(self) -> None:
+        """The lab's model is known before it is trained: n_layer + 1 hidden states, d = hidden_size."""
+        n_hs, d = self.pretrain.n_layer + 1, self.pretrain.hidden_size
+        for key in ("layers", "sweep_layers"):
+            ls = getattr(self.extraction, key)
+            bad = [l for l in (ls if ls != "all" else []) if l > n_hs]
+            if bad:
+                raise _KeyError(f"extraction.{key}", f"layer(s) {bad} out of range for the lab model "
+                                f"(pretrain.n_layer {self.pretrain.n_layer}: valid 1..{n_hs}; l = 1 is the embedding output)")
+        if self.probe.k > d:
+            raise _KeyError("probe.k", f"{self.probe.k} > the lab model's hidden size {d} (pretrain.hidden_size)")
 
     # ---- derived paths -------------------------------------------------------------
     def run_dir(self, root: Path | None = None) -> Path:
@@ -487,6 +586,65 @@ def _format_error(source: str, err: ValidationError) -> str:
     return f"{source}: params.{loc}: {msg}{extra}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[arg-type]
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key]} and {line})", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error as one line with its line and column (1-based)."""
+    mark = getattr(e, "problem_mark", None)
+    what = " ".join(x for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{' '.join(what.split())}"
+
+
+def _read_params_file(source: str) -> Any:
+    """The mapping under ``params:`` in a YAML file; :class:`ParamsError` (one line) for a
+    missing file, a folder, bytes that are not UTF-8, a YAML error (with line and column), a
+    key given twice, an empty file or another top-level shape."""
+    p = Path(source)
+    if not p.is_absolute() and not p.exists():
+        p = repo_root() / p
+    if p.is_dir():
+        raise ParamsError(f"{source}: is a folder, not a params file (give params/<run>.yaml)")
+    try:
+        raw_bytes = p.read_bytes()
+    except FileNotFoundError:
+        raise ParamsError(f"{source}: params file not found") from None
+    except OSError as e:
+        raise ParamsError(f"{source}: cannot read ({e.strerror})") from None
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw_bytes[: e.start].count(b"\n") + 1
+        raise ParamsError(f"{source}: line {line}: not UTF-8 (byte 0x{raw_bytes[e.start]:02x}); "
+                          "save the file as UTF-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a UTF-8 byte-order mark carries no content
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
+    if raw is None:
+        raise ParamsError(f"{source}: empty file (expected a top-level key 'params')")
+    if not isinstance(raw, dict) or set(raw) != {"params"}:
+        keys = sorted(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
+        raise ParamsError(f"{source}: the file must have exactly one top-level key 'params', found {keys}")
+    return raw["params"]
+
+
 def load_params(params: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> RunParams:
     """Validate run parameters from a YAML path or an already-parsed dict.
 
@@ -504,19 +662,7 @@ def load_params(params: str | Path | dict[str, Any], overrides: dict[str, Any] |
     source = "<params dict>"
     if isinstance(params, (str, Path)):
         source = str(params)
-        p = Path(params)
-        if not p.is_absolute() and not p.is_file():
-            p = repo_root() / p
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ParamsError(f"{source}: params file not found") from None
-        except yaml.YAMLError as e:
-            raise ParamsError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(raw, dict) or set(raw) != {"params"}:
-            keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-            raise ParamsError(f"{source}: the file must have exactly one top-level key 'params', found {keys}")
-        data = raw["params"]
+        data = _read_params_file(source)
     else:
         data = params
     if not isinstance(data, dict):

@@ -28,10 +28,12 @@ from typing import Any, Iterator, Mapping
 import pandas as pd
 import torch
 
+from .errors import XalignError
+
 log = logging.getLogger("xalign.store")
 
 
-class ArtefactError(ValueError):
+class ArtefactError(XalignError, ValueError):
     """An artefact on disk that cannot be read or does not match what was expected."""
 
 

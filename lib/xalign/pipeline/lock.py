@@ -19,11 +19,13 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
+from ..errors import XalignError
+
 LOCK_NAME = ".xalign.lock"
 _held: set[Path] = set()  # run folders this process holds (a stage may call another's planner)
 
 
-class RunLocked(RuntimeError):
+class RunLocked(XalignError, RuntimeError):
     """Another live process holds the run folder."""
 
 

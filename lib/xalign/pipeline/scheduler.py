@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Protocol
 import pandas as pd
 import torch
 
+from ..errors import XalignError
 from ..store import provenance, remove_stale_temps, write_json
 from .lock import run_lock
 from .manifest import Manifest
@@ -33,7 +34,7 @@ from .units import Unit
 log = logging.getLogger("xalign.pipeline")
 
 
-class StaleUpstream(RuntimeError):
+class StaleUpstream(XalignError, RuntimeError):
     """An earlier stage's outputs do not match the current params: run that stage first."""
 
 

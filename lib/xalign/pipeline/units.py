@@ -129,6 +129,34 @@ def unit_seed(u: Unit) -> int:
     return int(u.identity[:8], 16)
 
 
+def wrap_library_error(u: Unit, e: Exception) -> Exception | None:
+    """``e`` wrapped as one line with the unit it stopped, if it was raised outside xalign.
+
+    An exception raised by xalign's own code already names its file, key or unit and is
+    returned as None (re-raise it as it is). One raised in a library (the innermost frame of
+    its traceback is not in the ``xalign`` package), say numpy's ``expected non-negative
+    integer``, becomes ``UnitFailed("probing unit step-000025/en (training probes): ValueError
+    in numpy: expected non-negative integer")``.
+    """
+    from ..errors import XalignError, one_line, stage_activity
+
+    if isinstance(e, XalignError):
+        return None
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return None
+    here = Path(__file__).resolve().parents[1]
+    if Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(here):
+        return None
+    lib = str(tb.tb_frame.f_globals.get("__name__", "?")).split(".")[0]
+    from ..errors import UnitFailed
+
+    return UnitFailed(f"{u.stage} unit {u.key} ({stage_activity(u.stage)}): {type(e).__name__} in {lib}: "
+                      f"{one_line(str(e)) or '(no message)'}")
+
+
 def run_unit(u: Unit) -> dict[str, Any] | None:
     """Run one unit where an executor put it (this process, a worker, a SLURM job).
 
@@ -139,7 +167,9 @@ def run_unit(u: Unit) -> dict[str, Any] | None:
         The unit's notes (JSON-able dict) or None.
 
     Raises:
-        Whatever ``u.fn`` raises (no receipt then).
+        Whatever ``u.fn`` raises (no receipt then); an exception raised inside a library
+        (not in xalign's own code) as :class:`~xalign.errors.UnitFailed` naming the stage,
+        the unit and the library (:func:`wrap_library_error`), the original as its cause.
     """
     import json
     import random
@@ -153,7 +183,13 @@ def run_unit(u: Unit) -> dict[str, Any] | None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-    notes = u.fn(**u.args)
+    try:
+        notes = u.fn(**u.args)
+    except Exception as e:  # noqa: BLE001 - a library's error gets what xalign was doing
+        wrapped = wrap_library_error(u, e)
+        if wrapped is None:
+            raise
+        raise wrapped from e
     if u.receipt is not None:
         files = [*u.outputs, *(Path(u.receipt).parents[2] / f for f in (notes or {}).get("files", []))]
         rec = {"identity": u.identity, "key": u.key, "notes": notes,

@@ -80,11 +80,29 @@ def make_labels(words: list[Path], out: Path, sources: dict, languages: list[str
         labels.append(lab.assign(split_seed=s))
         summary.append(summ.assign(split_seed=s))
     summary = pd.concat(summary, ignore_index=True)
+    _require_kept(summary)
     write_table(pd.concat(labels, ignore_index=True), out / "labels.parquet")
     write_table(summary, out / "summary.parquet", csv=True)
     tag = len(split_seeds) > 1
     return {"skipped": [f"{r.language}/{r.attribute}" + (f" (split seed {r.split_seed})" if tag else "")
                         + f": {r.reason}" for r in summary.itertuples() if r.status != "kept"]}
+
+
+def _require_kept(summary) -> None:
+    """Raise before anything is written when no (language, attribute) dataset was kept.
+
+    Raises:
+        XalignError: one line with the number skipped and the commonest reasons.
+    """
+    from ..errors import XalignError
+
+    if (summary.status == "kept").any():
+        return
+    reasons = summary.reason.str.replace(r"\(.*", "", regex=True).str.replace(r"\d+", "N", regex=True)
+    top = "; ".join(f"{r.strip()} ({n}x)" for r, n in reasons.value_counts().head(2).items())
+    raise XalignError(f"data prep: no dataset kept, all {len(summary)} (language, attribute) datasets were skipped "
+                      f"({top}); lower data.min_count, raise data.max_sentences_per_language or check "
+                      "data.languages / data.attributes")
 
 
 def gather(ctx: Context, s: StageSummary, units: list[Unit]) -> None:

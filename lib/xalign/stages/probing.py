@@ -215,6 +215,7 @@ def plan(ctx: Context) -> Iterator[list[Unit]]:
     sweep_attrs = sweep_attributes(P)
     kept = summary[(summary.status == "kept") & summary.attribute.isin([*pp.attributes, *sweep_attrs])
                    & summary.language.isin(P.data.languages)]
+    _require_datasets(pp.attributes, kept, summary)
     jobs = _jobs(ctx, kept, sweep_attrs)
     _check_widths(P, jobs)
     code, parts = code_version(*CODE), []
@@ -235,6 +236,21 @@ def plan(ctx: Context) -> Iterator[list[Unit]]:
     yield [Unit(name, "tables", {"parts": [u.key for u in parts]},
                 {f"{u.key}/{i}": ctx.sha(p) for u in parts for i, p in enumerate(u.outputs)}, tables, concat_parts,
                 {"parts": [u.outputs for u in parts], "outputs": tables}, code)]
+
+
+def _require_datasets(attributes: list[str], kept: Any, summary: Any) -> None:
+    """Every ``probe.attributes`` entry has a dataset in at least one language.
+
+    Raises:
+        XalignError: one line naming the attribute(s) and why data prep skipped them.
+    """
+    from ..errors import XalignError
+
+    none = [a for a in attributes if a not in set(kept.attribute)]
+    if none:
+        why = summary[summary.attribute == none[0]].reason.head(2).tolist()
+        raise XalignError(f"probe.attributes: no dataset for {none} in any language of data.languages "
+                          f"(data/summary.csv: {'; '.join(why) or 'not built'})")
 
 
 def probe_part(P: Any, c: dict, lang: str, attrs: list[str], extra: list[str], vectors: Path, labels: Path,
