@@ -4,6 +4,13 @@
 #   bash run_all.sh                               # default: params/tiny-lab.yaml
 #   bash run_all.sh params/bloom-560m.yaml ...    # several runs, one after the other
 #   ONLY="03 04" bash run_all.sh params/x.yaml    # only some stages (NN prefixes)
+#   bash run_all.sh --verify params/x.yaml        # rehash every artefact before reusing it
+#
+# First every params file and every data file the runs read are checked (python -m
+# xalign.check): each problem is one "error: ..." line, and nothing runs. When a stage
+# fails, the last line is "error: <run>: <stage>: <message> (traceback: <log>; notebook:
+# <ipynb>)"; the full traceback is in runs/<run>/logs/<stage>.log and the executed notebook,
+# and the finished units of the stage are kept (a rerun resumes).
 #
 # Each notebooks/NN_*.py (jupytext percent format) is converted to ipynb with jupytext and
 # executed by papermill with kernel python3 and the params file passed with -f. Executed
@@ -13,9 +20,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 if [ -x .venv/bin/python ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
+if [ "${1:-}" = --verify ]; then export XALIGN_VERIFY=1; shift; fi   # xalign.pipeline.manifest
 [ $# -gt 0 ] || set -- params/tiny-lab.yaml
 
-python -m xalign.params "$@" > /dev/null   # validate every params file before running anything
+python -m xalign.check "$@"   # params, model shape where known, every data file: before anything runs
 
 # SIGINT / SIGTERM to this script stop the running stage too: papermill, its kernel (which
 # jupyter starts in a session of its own) and the kernel's worker processes.
@@ -48,12 +56,23 @@ for params in "$@"; do
     if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" ${name:0:2} "* ]]; then continue; fi
     echo "== $run: $name"
     t0=$(date +%s.%N)
-    ( jupytext --to ipynb -o - "$nb" \
-      | papermill - "$out/$name.ipynb" -k python3 -f "$params" --cwd . --log-output --no-progress-bar ) &
+    log="$run_dir/logs/$name.log"
+    mkdir -p "$run_dir/logs"
+    # Everything papermill prints goes to the log; the terminal gets it too, except tracebacks
+    # (from a "Traceback" line to the next cell), which stay in the log and the notebook.
+    ( { jupytext --to ipynb -o - "$nb" \
+        | papermill - "$out/$name.ipynb" -k python3 -f "$params" --cwd . --log-output --no-progress-bar; } 2>&1 \
+      | awk -v logf="$log" '{ print > logf; fflush(logf) }
+                           /^Executing Cell/ { hide = 0 }
+                           /^Traceback \(most recent call last\):/ { hide = 1 }
+                           !hide { print; fflush() }' >&2 ) &
     child=$!
     rc=0; wait "$child" || rc=$?
     child=""
-    [ "$rc" -eq 0 ] || exit "$rc"
+    if [ "$rc" -ne 0 ]; then
+      python -m xalign.check --stage-error "$out/$name.ipynb" "$log" "$run: $name" >&2
+      exit "$rc"
+    fi
     dt=$(python -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
     echo "$(date -Iseconds),$name,$dt" >> "$run_dir/timings.csv"
     echo "== $run: $name took $dt s"

@@ -24,6 +24,20 @@ def data_root() -> Path:
     return resolve_data_root(None, REPO)
 
 
+@pytest.fixture
+def mirrored_data(data_root, tmp_path) -> Path:
+    """The real data bundle as real folders in ``tmp_path/data`` whose files are symlinks to
+    the originals: unlink a file and write a bad one in its place to plant a problem (the
+    bundle itself is never touched, nothing is copied)."""
+    dst = tmp_path / "data"
+    for folder, _, files in os.walk(data_root):
+        out = dst / Path(folder).relative_to(data_root)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            (out / f).symlink_to(Path(folder) / f)
+    return dst
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """One intra-op thread for the whole suite: the models and probes in the tests are tiny,

@@ -326,7 +326,7 @@ def test_read_xnli_bad_files(tmp_path):
     with pytest.raises(ValueError, match=r"dev-aa\.tsv: no XNLI rows"):
         D.read_xnli(tmp_path, "dev", "aa")
     _write(tmp_path / "xnli" / "dev-bb.tsv", "premise\thypo\tlabel\na\tb\tneutral\n")
-    with pytest.raises(ValueError, match=r"dev-bb\.tsv: header"):
+    with pytest.raises(ValueError, match=r"dev-bb\.tsv: line 1: header"):
         D.read_xnli(tmp_path, "dev", "bb")
     _write(tmp_path / "xnli" / "dev-cc.tsv", "premise\thypothesis\tlabel\na\tb\tneutral\nc\td\tmaybe\n")
     with pytest.raises(ValueError, match=r"dev-cc\.tsv: line 3: label 'maybe'"):
@@ -352,7 +352,7 @@ def test_read_pos_sentences_and_texts(data_root):
 
 def test_empty_inputs_raise(tmp_path):
     f = _write(tmp_path / "xx-ud-dev.conllu", "\n")
-    with pytest.raises(ValueError, match=r"xx-ud-dev\.conllu: no sentences"):
+    with pytest.raises(ValueError, match=r"xx-ud-dev\.conllu: empty file \(no sentences\)"):
         D.read_conllu(f)
     with pytest.raises(ValueError, match="words table is empty"):
         D.build_datasets(_planted_words().iloc[:0], ["Number"])

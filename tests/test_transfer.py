@@ -531,7 +531,7 @@ def test_xnli_tsv_stream_errors_name_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"train-en.tsv: line 3: label 'maybe' not in"):
         XnliTsvStream(bad)
     bad.write_text("premise\thypothesis\tlabel\na\tb\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"line 2: fewer or more than 3"):
+    with pytest.raises(ValueError, match=r"line 2: expected 3 tab-separated fields premise, hypothesis, label; found 2"):
         XnliTsvStream(bad)
     bad.write_text("sentence1\tsentence2\tgold_label\n", encoding="utf-8")
     with pytest.raises(ValueError, match="header must be"):

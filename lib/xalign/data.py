@@ -40,6 +40,7 @@ Bad input raises an error with a one-line message naming the file (and line) and
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import random
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ import conllu
 import pandas as pd
 from conllu.exceptions import ParseException
 
+from xalign.errors import InputError
+from xalign.inputs import CONLLU_EMPTY, TextLines, conllu_columns_problem
 from xalign.progress import progress
 from xalign.unimorph import ATTRIBUTES, UniMorphError, attribute_values, multi_value_attributes, to_unimorph
 
@@ -62,6 +65,11 @@ UD_SOURCE = f"the official UD v2.1 release (fetch with `{FETCH_COMMAND} --only u
 XNLI_SOURCE = f"XNLI 1.0 (Conneau et al. 2018) dev/test (fetch with `{FETCH_COMMAND} --only xnli`)"
 MNLI_SOURCE = f"MultiNLI 1.0 train, the English XNLI training data (fetch with `{FETCH_COMMAND} --only mnli`)"
 XNLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
+XNLI_COLUMNS: tuple[str, ...] = ("premise", "hypothesis", "label")
+#: Problems of an XNLI TSV without rows (:func:`read_xnli`, :class:`xalign.transfer.XnliTsvStream`,
+#: :func:`xalign.inputs.scan_xnli`).
+XNLI_EMPTY = "empty file (no header premise<TAB>hypothesis<TAB>label, no rows)"
+XNLI_NO_ROWS = "no XNLI rows (the file has only its header)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -229,15 +237,22 @@ class _TrackedLines:
 
 
 def count_sentences(path: str | Path) -> int:
-    """Number of sentence blocks (maximal runs of non-blank lines) in a CoNLL-U file, unparsed."""
+    """Number of sentence blocks (maximal runs of non-blank lines) in a CoNLL-U file, unparsed.
+
+    Raises:
+        InputError: not UTF-8, a byte-order mark (rejected), a NUL byte (file and line named,
+            see :mod:`xalign.inputs`), or no sentence (``empty file (no sentences)``).
+    """
     n, in_block = 0, False
-    with open(path, encoding="utf-8") as f:
+    with TextLines(path) as f:
         for line in f:
             if line.strip():
                 n += not in_block
                 in_block = True
             else:
                 in_block = False
+    if n == 0:
+        raise InputError(path, CONLLU_EMPTY)
     return n
 
 
@@ -251,8 +266,8 @@ _FIELDS = ("id", "form", "lemma", "upos", "xpos", "feats")
 _FIELD_PARSERS = {"id": lambda line, i: conllu.parser.parse_id_value(line[i]), "xpos": _raw, "feats": _raw}
 
 
-def _locate_error(path: Path, tracked: _TrackedLines, err: Exception) -> ValueError:
-    """Find the line of ``tracked.block`` that conllu rejects; one-line ValueError."""
+def _locate_error(path: Path, tracked: _TrackedLines, err: Exception) -> InputError:
+    """Find the line of ``tracked.block`` that conllu rejects; one-line InputError."""
     for k, line in enumerate(tracked.block):
         text = line.rstrip("\r\n")
         if text.startswith("#"):
@@ -260,18 +275,17 @@ def _locate_error(path: Path, tracked: _TrackedLines, err: Exception) -> ValueEr
         try:
             conllu.parser.parse_line(text, _FIELDS, dict(_FIELD_PARSERS))
         except ParseException as e:
-            return ValueError(f"{path}: line {tracked.block_start + k}: malformed CoNLL-U line ({e})")
-    return ValueError(f"{path}: line {tracked.block_start}: malformed CoNLL-U sentence ({err})")
+            return InputError(path, f"malformed CoNLL-U line ({e})", line=tracked.block_start + k)
+    return InputError(path, f"malformed CoNLL-U sentence ({err})", line=tracked.block_start)
 
 
 def _check_block(path: Path, tracked: _TrackedLines) -> None:
     for k, line in enumerate(tracked.block):
         if line.startswith("#"):
             continue
-        n = line.rstrip("\r\n").count("\t") + 1
-        if n != 10:
-            raise ValueError(f"{path}: line {tracked.block_start + k}: malformed CoNLL-U line "
-                             f"(expected 10 tab-separated columns, found {n})")
+        problem = conllu_columns_problem(line)
+        if problem:
+            raise InputError(path, problem, line=tracked.block_start + k)
 
 
 def read_conllu(path: str | Path, ud_split: str = "", select: set[int] | None = None) -> list[Sentence]:
@@ -287,14 +301,19 @@ def read_conllu(path: str | Path, ud_split: str = "", select: set[int] | None = 
         select: 0-based indices of the sentences to read (others are skipped unparsed,
             so their lines are not checked); None reads all.
 
+    The file must be UTF-8 without a byte-order mark: a UTF-8 BOM (U+FEFF) or a UTF-16/32
+    one is rejected (at line 1), not skipped.
+
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: a malformed line: ``<file>: line <n>: malformed CoNLL-U line (<problem>)``,
-            or a file without sentences.
+        InputError (a ValueError): one line ``<file>: line <n>: <problem>``: a malformed line
+            (``malformed CoNLL-U line (<problem>)``), not UTF-8 (``not UTF-8 (byte 0xe9 at
+            offset 584; ...)`` at the line of that byte), a byte-order mark, a NUL byte, or,
+            reading all sentences, a file without any (``empty file (no sentences)``).
     """
     path = Path(path)
     sentences: list[Sentence] = []
-    with open(path, encoding="utf-8") as f:
+    with TextLines(path) as f:
         tracked = _TrackedLines(f, select)
         it = conllu.parse_incr(tracked, fields=_FIELDS, field_parsers=_FIELD_PARSERS)  # type: ignore[arg-type]
         while True:
@@ -307,7 +326,7 @@ def read_conllu(path: str | Path, ud_split: str = "", select: set[int] | None = 
             _check_block(path, tracked)
             sentences.append(_sentence(path, tracked, tokenlist, ud_split))
     if not sentences and select is None:
-        raise ValueError(f"{path}: no sentences (empty CoNLL-U file)")
+        raise InputError(path, CONLLU_EMPTY)
     return sentences
 
 
@@ -322,7 +341,7 @@ def _sentence(path: Path, tracked: _TrackedLines, tokenlist: conllu.TokenList, u
                     mwt[i] = (tok["form"], tid[0])
             continue  # range line or empty node
         if not isinstance(tid, int):
-            raise ValueError(f"{path}: line {tracked.block_start}: a word line without an ID")
+            raise InputError(path, "a word line without an ID", line=tracked.block_start)
         form, start = mwt.get(tid, (None, None))
         words.append(Word(tok["form"], tok["lemma"], tok["upos"], tok["feats"] or "_", form, start))
     meta = tokenlist.metadata
@@ -643,12 +662,36 @@ def _skip(summary: list[dict], row: dict, reason: str) -> None:
 # ---------------------------------------------------------------------------------------
 # Transfer-stage data and pretraining text
 # ---------------------------------------------------------------------------------------
+def xnli_problem(fields: Sequence[str], header: bool = False) -> str | None:
+    """What is wrong with one line of an XNLI TSV split at tabs (None: nothing).
+
+    The header (``header=True``) must be exactly ``premise, hypothesis, label``; a row must
+    have 3 fields and a label in :data:`XNLI_LABELS`. The one rule of :func:`read_xnli`,
+    :class:`xalign.transfer.XnliTsvStream` and :func:`xalign.inputs.scan_xnli`.
+    """
+    if header:
+        if tuple(fields) != XNLI_COLUMNS:
+            return f"header must be premise<TAB>hypothesis<TAB>label, found {list(fields)}"
+        return None
+    if len(fields) != 3:
+        return f"expected 3 tab-separated fields premise, hypothesis, label; found {len(fields)}"
+    if fields[2] not in XNLI_LABELS:
+        return f"label {fields[2]!r} not in {list(XNLI_LABELS)}"
+    return None
+
+
 def read_xnli(data_root: str | Path, split: str, lang: str, max_rows: int | None = None) -> pd.DataFrame:
     """XNLI pairs of one language and split: ``<data_root>/xnli/<split>-<lang>.tsv``.
 
     Rows are parallel across languages (row i is the same item), so ``max_rows`` keeps the
-    first rows rather than a random sample. ``split="train"``, ``lang="en"`` reads
-    ``xnli/train-en.tsv``, MultiNLI 1.0 train, written by ``python -m xalign.data fetch --only mnli``.
+    first rows rather than a random sample (only the lines up to the last row kept are
+    read and checked). ``split="train"``, ``lang="en"`` reads ``xnli/train-en.tsv``,
+    MultiNLI 1.0 train, written by ``python -m xalign.data fetch --only mnli``.
+
+    The file is read as strict UTF-8 (a byte-order mark is rejected, see
+    :mod:`xalign.inputs`); every line is checked by :func:`xnli_problem` before pandas
+    parses them (tab-separated, no quoting). Blank lines are skipped, as pandas does; the
+    first other line is the header.
 
     Returns:
         DataFrame with string columns ``premise, hypothesis, label`` (label in
@@ -656,7 +699,10 @@ def read_xnli(data_root: str | Path, split: str, lang: str, max_rows: int | None
 
     Raises:
         FileNotFoundError: no such file (one line naming it, its source and what is available).
-        ValueError: wrong header, a malformed or unlabelled row, an unknown label, or no rows.
+        InputError (a ValueError): ``<file>: line <n>: <problem>``: not UTF-8, a byte-order
+            mark, a wrong header, a row without exactly 3 tab-separated fields, an
+            unknown label, an empty file, or a file with only its header.
+        ValueError: ``max_rows < 1``.
     """
     folder = Path(data_root) / "xnli"
     path = folder / f"{split}-{lang}.tsv"
@@ -667,24 +713,25 @@ def read_xnli(data_root: str | Path, split: str, lang: str, max_rows: int | None
         raise FileNotFoundError(f"{path}: XNLI file not found (expected from {source}; {avail})")
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-    try:
-        df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False,
-                         nrows=max_rows, encoding="utf-8")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read XNLI TSV ({str(e).strip().splitlines()[0]})") from None
-    cols = ["premise", "hypothesis", "label"]
-    if list(df.columns) != cols:
-        raise ValueError(f"{path}: header must be premise<TAB>hypothesis<TAB>label, found {list(df.columns)}")
-    if df.empty:
-        raise ValueError(f"{path}: no XNLI rows")
-    na = df[cols].isna().any(axis=1)
-    if na.any():
-        raise ValueError(f"{path}: line {int(na.to_numpy().argmax()) + 2}: fewer than 3 tab-separated fields")
-    bad = ~df["label"].isin(XNLI_LABELS)
-    if bad.any():
-        i = int(bad.to_numpy().argmax())
-        raise ValueError(f"{path}: line {i + 2}: label {df['label'].iloc[i]!r} not in {list(XNLI_LABELS)}")
-    return df
+    lines, n_rows = [], 0
+    with TextLines(path) as f:
+        for line in f:
+            text = line.rstrip("\r\n")
+            if not text:
+                continue  # blank lines are skipped, as pandas does; the first other line is the header
+            problem = xnli_problem(text.split("\t"), header=not lines)
+            if problem:
+                raise InputError(path, problem, line=f.lineno)
+            n_rows += bool(lines)
+            lines.append(line)
+            if n_rows == max_rows:
+                break
+    if not lines:
+        raise InputError(path, XNLI_EMPTY)
+    if not n_rows:
+        raise InputError(path, XNLI_NO_ROWS)
+    return pd.read_csv(io.StringIO("".join(lines)), sep="\t", quoting=csv.QUOTE_NONE, dtype=str,
+                       keep_default_na=False)
 
 
 def read_pos_sentences(data_root: str | Path, lang: str, split: str | None = None,

@@ -34,6 +34,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from xalign.errors import InputError
+from xalign.inputs import TEXT_EMPTY, TextLines
 from xalign.progress import progress
 from xalign.store import atomic_path, file_sha256
 
@@ -80,8 +82,42 @@ def detokenize_panx_zh(line: str) -> str:
 
 
 def _read_lines(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [s for s in (ln.strip() for ln in f) if s]
+    """The non-blank lines of a text file, stripped.
+
+    Raises:
+        InputError: not UTF-8, a byte-order mark, a NUL byte (file and line named, see
+            :mod:`xalign.inputs`), or no non-blank line.
+    """
+    with TextLines(path) as f:
+        lines = [s for s in (ln.strip() for ln in f) if s]
+    if not lines:
+        raise InputError(path, TEXT_EMPTY)
+    return lines
+
+
+def text_files(data_root: str | Path, languages: Sequence[str],
+               sources: Sequence[str] = TEXT_SOURCES) -> dict[tuple[str, str], Path]:
+    """The text files :func:`build_corpus` reads: ``{(source, lang): <data_root>/text/<source>/<lang>.txt}``
+    for the files that exist, in its order (language, then source); a missing file is not
+    an error (PAN-X has no Catalan). ``"ud"`` in ``sources`` is ignored (no file).
+
+    Raises:
+        FileNotFoundError: ``<data_root>/text`` does not exist.
+        ValueError: an unknown source.
+    """
+    text_dir = Path(data_root) / "text"
+    if not text_dir.is_dir():
+        raise FileNotFoundError(f"{text_dir}: no text/ folder in the data root")
+    bad = sorted(set(sources) - set(TEXT_SOURCES) - {"ud"})
+    if bad:
+        raise ValueError(f"sources: unknown text source(s) {bad}; known: {[*TEXT_SOURCES, 'ud']}")
+    found = {}
+    for lang in languages:
+        for source in (s for s in TEXT_SOURCES if s in sources):
+            path = text_dir / source / f"{lang}.txt"
+            if path.is_file():
+                found[source, lang] = path
+    return found
 
 
 def build_corpus(
@@ -119,13 +155,11 @@ def build_corpus(
         FileNotFoundError: ``<data_root>/text`` does not exist.
         ValueError: unknown source, ``"ud"`` without ``extra_texts``, bad cap, or a
             language with no text in any requested source (message names it).
+        InputError: a text file that is not UTF-8, starts with a byte-order mark or has
+            no text (``<file>: line <n>: <problem>``, :mod:`xalign.inputs`).
     """
     text_dir = Path(data_root) / "text"
-    if not text_dir.is_dir():
-        raise FileNotFoundError(f"{text_dir}: no text/ folder in the data root")
-    bad = sorted(set(sources) - set(TEXT_SOURCES) - {"ud"})
-    if bad:
-        raise ValueError(f"sources: unknown text source(s) {bad}; known: {[*TEXT_SOURCES, 'ud']}")
+    files = text_files(data_root, languages, sources)
     if "ud" in sources and extra_texts is None:
         raise ValueError("sources: 'ud' requested but no extra_texts (UD sentences) were given")
     if max_lines_per_source is not None and max_lines_per_source < 1:
@@ -142,8 +176,8 @@ def build_corpus(
             if source == "ud":
                 lines = [s for s in (t.strip() for t in extra.get(lang, [])) if s]
             else:
-                path = text_dir / source / f"{lang}.txt"
-                if not path.is_file():
+                path = files.get((source, lang))
+                if path is None:
                     continue  # e.g. text/panx/ca.txt: PAN-X has no Catalan
                 lines = _read_lines(path)
                 if source == "panx" and lang == "zh":

@@ -75,7 +75,7 @@ def _check_list(key: str, values: list | None, *, known: list | None = None, wha
         return
     if not values and not empty_ok:
         raise _KeyError(key, "is empty; list at least one")
-    dup = sorted({str(v) for v in values if values.count(v) > 1})
+    dup = sorted({v for v in values if values.count(v) > 1}, key=str)
     if dup:
         raise _KeyError(key, f"{dup} listed twice")
     if known is not None:

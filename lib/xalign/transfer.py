@@ -46,6 +46,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from xalign.data import XNLI_EMPTY, XNLI_NO_ROWS, xnli_problem
+from xalign.errors import InputError
+from xalign.inputs import check_bom, decode_line
 from xalign.progress import progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -845,31 +848,37 @@ class XnliTsvStream:
         rows: optional row numbers (0-based, after the header) to train on; default all.
 
     Raises:
-        ValueError: wrong header, a row without 3 fields, or an unknown label (file and line named).
+        InputError (a ValueError): ``<file>: line <n>: <problem>``: not UTF-8, a byte-order
+            mark (:mod:`xalign.inputs`), or a line :func:`xalign.data.xnli_problem` rejects
+            (wrong header, not 3 fields, unknown label); an empty file or one with only the header.
+        ValueError: ``rows`` out of range.
     """
 
     def __init__(self, path: str | Path, rows: Sequence[int] | None = None) -> None:
         self.path = Path(path)
-        label2id = {t.encode(): i for i, t in enumerate(XNLI_LABELS)}
+        label2id = {t: i for i, t in enumerate(XNLI_LABELS)}
         offsets, sizes, labels = [], [], []
+        header = False
         with open(self.path, "rb") as f:
-            head = f.readline()
-            if head.rstrip(b"\r\n") != b"premise\thypothesis\tlabel":
-                raise ValueError(f"{self.path}: header must be premise<TAB>hypothesis<TAB>label, got {head[:60]!r}")
-            pos, lineno = len(head), 1
-            for line in f:
-                lineno += 1
-                parts = line.rstrip(b"\r\n").split(b"\t")
-                if len(parts) != 3 or parts[2] not in label2id:
-                    what = "fewer or more than 3 tab-separated fields" if len(parts) != 3 else \
-                        f"label {parts[2].decode(errors='replace')!r} not in {XNLI_LABELS}"
-                    raise ValueError(f"{self.path}: line {lineno}: {what}")
-                offsets.append(pos)
-                sizes.append(len(line))
-                labels.append(label2id[parts[2]])
+            check_bom(self.path, f.read(4))
+            f.seek(0)
+            pos = 0
+            for lineno, line in enumerate(f, 1):
+                parts = decode_line(self.path, line, lineno, pos).rstrip("\r\n").split("\t")
+                if parts != [""]:  # blank lines are skipped (as read_xnli does)
+                    problem = xnli_problem(parts, header=not header)
+                    if problem:
+                        raise InputError(self.path, problem, line=lineno)
+                    if header:
+                        offsets.append(pos)
+                        sizes.append(len(line))
+                        labels.append(label2id[parts[2]])
+                    header = True
                 pos += len(line)
+        if not header:
+            raise InputError(self.path, XNLI_EMPTY)
         if not offsets:
-            raise ValueError(f"{self.path}: no NLI rows")
+            raise InputError(self.path, XNLI_NO_ROWS)
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.sizes = np.asarray(sizes, dtype=np.int32)
         self.labels = np.asarray(labels, dtype=np.int8)

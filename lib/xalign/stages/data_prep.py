@@ -98,8 +98,8 @@ def _require_kept(summary) -> None:
 
     if (summary.status == "kept").any():
         return
-    reasons = summary.reason.str.replace(r"\(.*", "", regex=True).str.replace(r"\d+", "N", regex=True)
-    top = "; ".join(f"{r.strip()} ({n}x)" for r, n in reasons.value_counts().head(2).items())
+    reasons = summary.reason.str.split(r"[:(]", regex=True).str[0].str.strip()
+    top = "; ".join(f"{r} ({n}x)" for r, n in reasons.value_counts().head(2).items())
     raise XalignError(f"data prep: no dataset kept, all {len(summary)} (language, attribute) datasets were skipped "
                       f"({top}); lower data.min_count, raise data.max_sentences_per_language or check "
                       "data.languages / data.attributes")
