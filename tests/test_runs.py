@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from xalign import runs
-from xalign.params import load_params
+from xalign.params import ParamsError, load_params
 from xalign.pipeline import StaleUpstream
 from xalign.pipeline.manifest import Manifest
 from xalign.store import ArtefactError, load_tensors, save_tensors
@@ -241,8 +241,12 @@ def test_layer_out_of_range_is_one_line_and_writes_no_vectors(run_copy, key, lay
     run, params = run_copy
     before = {p: p.stat().st_mtime_ns for p in (run / "vectors").rglob("*")}
     manifest = (run / "manifest.json").read_text()
+    with pytest.raises(ParamsError, match=rf"params.{key}: layer\(s\) \[{layers[-1]}\] out of range for the lab model"):
+        params(**{key: layers})  # the lab's model is known up front: caught before any stage
+    P = params()  # stage 2 checks what params cannot know (a Hub or GGUF model): bypass the schema
+    P = P.model_copy(update={"extraction": P.extraction.model_copy(update={key.split(".")[1]: layers})})
     with pytest.raises(ValueError) as e:
-        runs.run_extraction(params(**{key: layers}))
+        runs.run_extraction(P)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{key}: layer(s) [{layers[-1]}] out of range") and "1..3" in msg
     assert {p: p.stat().st_mtime_ns for p in (run / "vectors").rglob("*")} == before

@@ -238,8 +238,24 @@ def run_stage(P: Any, name: str, stages: dict[str, Stage], executor: Any = None)
     Raises:
         StaleUpstream: an upstream stage is not current for ``P`` (nothing is run).
         RunLocked: another process holds the run folder.
-        Whatever a unit raises (its outputs are written atomically: nothing half-written).
+        Whatever a unit raises (its outputs are written atomically: nothing half-written);
+        an exception raised inside a library while planning or gathering as
+        :class:`~xalign.errors.UnitFailed` naming the stage (the original as its cause).
     """
+    from ..errors import stage_activity
+    from .units import wrap_library_error
+
+    try:
+        return _run_stage(P, name, stages, executor)
+    except Exception as e:  # noqa: BLE001 - a library's error gets the stage it stopped
+        wrapped = wrap_library_error(f"{name} stage ({stage_activity(name)})", e)
+        if wrapped is None:
+            raise
+        raise wrapped from e
+
+
+def _run_stage(P: Any, name: str, stages: dict[str, Stage], executor: Any) -> StageSummary:
+    """:func:`run_stage` without the wrapping of library errors."""
     from .executors import make_executor
 
     t0 = time.perf_counter()

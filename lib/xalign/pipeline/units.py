@@ -129,32 +129,28 @@ def unit_seed(u: Unit) -> int:
     return int(u.identity[:8], 16)
 
 
-def wrap_library_error(u: Unit, e: Exception) -> Exception | None:
-    """``e`` wrapped as one line with the unit it stopped, if it was raised outside xalign.
+def wrap_library_error(where: str, e: Exception) -> Exception | None:
+    """``e`` wrapped as one line saying where it happened, if it was raised outside xalign.
 
     An exception raised by xalign's own code already names its file, key or unit and is
     returned as None (re-raise it as it is). One raised in a library (the innermost frame of
     its traceback is not in the ``xalign`` package), say numpy's ``expected non-negative
-    integer``, becomes ``UnitFailed("probing unit step-000025/en (training probes): ValueError
-    in numpy: expected non-negative integer")``.
+    integer``, becomes ``UnitFailed("<where>: ValueError in numpy: expected non-negative
+    integer")``, ``where`` being e.g. ``transfer unit step-000025/pos/seed-0 (fine-tuning,
+    zero-shot evaluation)``.
     """
-    from ..errors import XalignError, one_line, stage_activity
+    from ..errors import UnitFailed, XalignError, one_line
 
     if isinstance(e, XalignError):
         return None
     tb = e.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    if tb is None:
-        return None
     here = Path(__file__).resolve().parents[1]
-    if Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(here):
+    if tb is None or Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(here):
         return None
     lib = str(tb.tb_frame.f_globals.get("__name__", "?")).split(".")[0]
-    from ..errors import UnitFailed
-
-    return UnitFailed(f"{u.stage} unit {u.key} ({stage_activity(u.stage)}): {type(e).__name__} in {lib}: "
-                      f"{one_line(str(e)) or '(no message)'}")
+    return UnitFailed(f"{where}: {type(e).__name__} in {lib}: {one_line(str(e)) or '(no message)'}")
 
 
 def run_unit(u: Unit) -> dict[str, Any] | None:
@@ -186,7 +182,9 @@ def run_unit(u: Unit) -> dict[str, Any] | None:
     try:
         notes = u.fn(**u.args)
     except Exception as e:  # noqa: BLE001 - a library's error gets what xalign was doing
-        wrapped = wrap_library_error(u, e)
+        from ..errors import stage_activity
+
+        wrapped = wrap_library_error(f"{u.stage} unit {u.key} ({stage_activity(u.stage)})", e)
         if wrapped is None:
             raise
         raise wrapped from e
