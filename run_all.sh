@@ -5,6 +5,7 @@
 #   bash run_all.sh params/bloom-560m.yaml ...    # several runs, one after the other
 #   ONLY="03 04" bash run_all.sh params/x.yaml    # only some stages (NN prefixes)
 #   bash run_all.sh --verify params/x.yaml        # rehash every artefact before reusing it
+#   bash run_all.sh --set probe.k=20 params/x.yaml   # dotted params overrides (values read as YAML)
 #
 # First every params file and every data file the runs read are checked (python -m
 # xalign.check): each problem is one "error: ..." line, and nothing runs. When a stage
@@ -20,10 +21,21 @@ set -euo pipefail
 cd "$(dirname "$0")"
 if [ -x .venv/bin/python ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
-if [ "${1:-}" = --verify ]; then export XALIGN_VERIFY=1; shift; fi   # xalign.pipeline.manifest
-[ $# -gt 0 ] || set -- params/tiny-lab.yaml
+files=(); sets=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --verify) export XALIGN_VERIFY=1; shift ;;             # xalign.pipeline.manifest
+    --set) [ $# -ge 2 ] || { echo "error: --set needs KEY=VALUE" >&2; exit 2; }; sets+=(--set "$2"); shift 2 ;;
+    --set=*) sets+=(--set "${1#--set=}"); shift ;;
+    -*) echo "error: unknown option $1 (run_all.sh [--verify] [--set KEY=VALUE ...] params/<run>.yaml ...)" >&2; exit 2 ;;
+    *) files+=("$1"); shift ;;
+  esac
+done
+[ ${#files[@]} -gt 0 ] || files=(params/tiny-lab.yaml)
+set -- "${files[@]}"
+overrides=$(python -m xalign.params "${sets[@]}" --overrides-json)
 
-python -m xalign.check "$@"   # params, model shape where known, every data file: before anything runs
+python -m xalign.check "${sets[@]}" "$@"   # params, model shape where known, every data file: before anything runs
 
 # SIGINT / SIGTERM to this script stop the running stage too: papermill, its kernel (which
 # jupyter starts in a session of its own) and the kernel's worker processes.
@@ -46,8 +58,8 @@ stop_stage() {
 trap 'stop_stage INT' INT
 trap 'stop_stage TERM' TERM
 for params in "$@"; do
-  run=$(python -m xalign.params "$params")
-  run_dir=$(python -m xalign.params --run-dir "$params")
+  run=$(python -m xalign.params "${sets[@]}" "$params")
+  run_dir=$(python -m xalign.params "${sets[@]}" --run-dir "$params")
   out="$run_dir/notebooks"
   mkdir -p "$out"
   t_run=$(date +%s.%N)
@@ -61,7 +73,8 @@ for params in "$@"; do
     # Everything papermill prints goes to the log; the terminal gets it too, except tracebacks
     # (from a "Traceback" line to the next cell), which stay in the log and the notebook.
     ( { jupytext --to ipynb -o - "$nb" \
-        | papermill - "$out/$name.ipynb" -k python3 -f "$params" --cwd . --log-output --no-progress-bar; } 2>&1 \
+        | papermill - "$out/$name.ipynb" -k python3 -f "$params" -p overrides "$overrides" -p missing_upstream error \
+            --cwd . --log-output --no-progress-bar; } 2>&1 \
       | awk -v logf="$log" '{ print > logf; fflush(logf) }
                            /^Executing Cell/ { hide = 0 }
                            /^Traceback \(most recent call last\):/ { hide = 1 }

@@ -2,9 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -28,23 +30,33 @@
 # `probe.sweep_attributes` (the BLOOM-560m params: all eleven, as the paper's Figure 2 and
 # Appendix B) only at the layer sweep of the last checkpoint.
 
-# %% tags=["parameters"]
-# A params file (path, relative to the repository root) or the dict papermill injects
-# with `-f params/<run>.yaml`. The default is the tiny-model lab over the data bundle.
-params = "params/tiny-lab.yaml"
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/xalign/xalign/blob/main/notebooks/03_probing.ipynb)
+# On Colab, the next cell clones xalign, installs it pinned and fetches the data (see
+# `xalign.colab`); elsewhere it does nothing.
 
 # %%
-import logging
+import sys
 
+if "google.colab" in sys.modules:  # Colab only: clone, install pinned, fetch data (xalign.colab)
+    import subprocess
+    subprocess.run("test -d /content/xalign || git clone -q --depth 1 https://github.com/xalign/xalign /content/xalign",
+                   shell=True, check=True)
+    sys.path.insert(0, "/content/xalign/lib")
+    from xalign.colab import bootstrap
+    bootstrap()
+
+# %% tags=["parameters"]
+params: str = "params/tiny-lab.yaml"  # a params file (relative to the repository root), or the dict papermill -f injects
+overrides: dict = {}  # dotted params keys on top of it, e.g. {"probe.k": 20} (validated by the same schema)
+missing_upstream: str = "slice"  # if earlier stages are not current: "slice" runs on the built-in slice, "error" stops
+
+# %%
 import pandas as pd
 
-from xalign import runs
-from xalign.params import load_params
+from xalign import notebook, runs
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-pd.set_option("display.width", 160, "display.max_columns", 30)
-P = load_params(params)
-print(P.run_name, "->", P.run_dir())
+P = notebook.setup(params, overrides, missing_upstream, stage="probing", namespace=globals())
 
 # %%
 summary = runs.run_probing(P)

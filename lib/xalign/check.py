@@ -1,6 +1,7 @@
 """Check a run before anything runs, and report a stage's failure in one line.
 
-``python -m xalign.check params/<run>.yaml [...]`` (what ``run_all.sh`` calls first):
+``python -m xalign.check [--set KEY=VALUE ...] params/<run>.yaml [...]`` (what ``run_all.sh``
+calls first; ``--set`` overrides apply to every file):
 
 1. the params file: read and validated against the schema (:func:`xalign.params.load_params`:
    types, ranges, names, combinations), one line naming the file and dotted key;
@@ -65,10 +66,11 @@ def model_problems(P: RunParams) -> list[str]:
     return out
 
 
-def run_problems(source: str) -> list[str]:
-    """Every problem of one run, one line each: params, model, data files (see module doc)."""
+def run_problems(source: str, overrides: dict[str, Any] | None = None) -> list[str]:
+    """Every problem of one run, one line each: params (with ``overrides``), model, data
+    files (see module doc)."""
     try:
-        P = load_params(source)
+        P = load_params(source, overrides)
     except ParamsError as e:
         return [str(e)]
     out = [f"{source}: {p}" for p in model_problems(P)]
@@ -127,12 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         from .pipeline import manifest
 
         return manifest.main(args)
-    if not args or args[0].startswith("-"):
-        print("usage: python -m xalign.check params/<run>.yaml [...] | --verify RUN_DIR | "
-              "--stage-error NOTEBOOK LOG STAGE",
-              file=sys.stderr)
+    from .params import split_cli
+
+    try:
+        files, over, flags = split_cli(args)
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not files or flags:
+        print("usage: python -m xalign.check [--set KEY=VALUE ...] params/<run>.yaml [...] | --verify RUN_DIR | "
+              "--stage-error NOTEBOOK LOG STAGE", file=sys.stderr)
         return 2
-    problems = [p for f in args for p in run_problems(f)]
+    problems = [p for f in files for p in run_problems(f, over)]
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
     return 1 if problems else 0

@@ -687,27 +687,67 @@ def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m xalign.params [--run-dir] FILE...``: validate params files.
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    """``["probe.k=20", "probe.seeds=[0, 1]"]`` -> ``{"probe.k": 20, "probe.seeds": [0, 1]}``:
+    each value read as YAML (so numbers, lists and null work), for ``run_all.sh --set``.
 
-    Prints each run's name (or, with ``--run-dir``, its run directory); exits 1 with a
-    one-line error on the first invalid file.
+    Raises:
+        ParamsError: an item without ``=``, or a value that is not valid YAML (one line).
     """
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ParamsError(f"--set {item!r}: expected KEY=VALUE with a dotted params key, e.g. probe.k=20")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ParamsError(f"--set {item!r}: value is not valid YAML ({_yaml_problem(e)})") from None
+    return out
+
+
+def split_cli(args: list[str]) -> tuple[list[str], dict[str, Any], set[str]]:
+    """Command-line words -> (files, ``--set`` overrides, other ``--flags``)."""
+    files, sets, flags = [], [], set()
+    it = iter(args)
+    for a in it:
+        if a == "--set":
+            sets.append(next(it, ""))
+        elif a.startswith("--set="):
+            sets.append(a[len("--set="):])
+        elif a.startswith("--"):
+            flags.add(a)
+        else:
+            files.append(a)
+    return files, parse_sets(sets), flags
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xalign.params [--run-dir] [--set KEY=VALUE ...] FILE...``: validate params
+    files with the overrides applied.
+
+    Prints each run's name (or, with ``--run-dir``, its run directory); with
+    ``--overrides-json``, only the overrides as JSON (what run_all.sh hands to papermill).
+    Exits 1 with a one-line error on the first invalid file or override.
+    """
+    import json
     import sys
 
-    args = list(argv if argv is not None else sys.argv[1:])
-    want_dir = "--run-dir" in args
-    files = [a for a in args if a != "--run-dir"]
-    if not files:
-        print("usage: python -m xalign.params [--run-dir] params/<run>.yaml [...]", file=sys.stderr)
-        return 2
-    for f in files:
-        try:
-            P = load_params(f)
-        except ParamsError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print(P.run_dir() if want_dir else P.run_name)
+    try:
+        files, over, flags = split_cli(list(argv if argv is not None else sys.argv[1:]))
+        if "--overrides-json" in flags:
+            print(json.dumps(over))
+            return 0
+        if not files:
+            print("usage: python -m xalign.params [--run-dir] [--set KEY=VALUE ...] params/<run>.yaml [...]",
+                  file=sys.stderr)
+            return 2
+        for f in files:
+            P = load_params(f, over)
+            print(P.run_dir() if "--run-dir" in flags else P.run_name)
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
