@@ -68,24 +68,29 @@ for params in "$@"; do
     if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" ${name:0:2} "* ]]; then continue; fi
     echo "== $run: $name"
     t0=$(date +%s.%N)
-    log="$run_dir/logs/$name.log"
-    mkdir -p "$run_dir/logs"
-    # Everything papermill prints goes to the log; the terminal gets it too, except tracebacks
-    # (from a "Traceback" line to the next cell), which stay in the log and the notebook.
-    ( { jupytext --to ipynb -o - "$nb" \
-        | papermill - "$out/$name.ipynb" -k python3 -f "$params" -p overrides "$overrides" -p missing_upstream error \
-            --cwd . --log-output --no-progress-bar; } 2>&1 \
-      | awk -v logf="$log" '{ print > logf; fflush(logf) }
-                           /^Executing Cell/ { hide = 0 }
+    logs="$run_dir/logs"; log="$logs/$name.papermill.log"
+    mkdir -p "$logs"
+    jupytext --quiet --to ipynb -o "$out/$name.input.ipynb" "$nb"
+    # The terminal gets papermill's progress bar (one per stage) and the stage's summary line;
+    # the cells' stdout and stderr go to logs/<stage>.log and .stderr.log, papermill's own
+    # output (with the traceback of a failure, which the terminal does not get) to $log.
+    ( papermill "$out/$name.input.ipynb" "$out/$name.ipynb" -k python3 -f "$params" -p overrides "$overrides" \
+        -p missing_upstream error --cwd . --progress-bar \
+        --stdout-file "$logs/$name.log" --stderr-file "$logs/$name.stderr.log" 2>&1 \
+      | awk -v logf="$log" -v RS='[\r\n]' '{ print > logf; fflush(logf) }
                            /^Traceback \(most recent call last\):/ { hide = 1 }
-                           !hide { print; fflush() }' >&2 ) &
+                           !hide { printf "%s", $0 (/cell\/s\]$/ ? "\r" : "\n"); fflush() }' >&2 ) &
     child=$!
     rc=0; wait "$child" || rc=$?
     child=""
+    rm -f "$out/$name.input.ipynb"
     if [ "$rc" -ne 0 ]; then
+      echo >&2
       python -m xalign.check --stage-error "$out/$name.ipynb" "$log" "$run: $name" >&2
       exit "$rc"
     fi
+    echo >&2
+    grep -E '^\[[a-z_]+\] computed' "$logs/$name.log" || true   # the stage's summary line
     dt=$(python -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
     echo "$(date -Iseconds),$name,$dt" >> "$run_dir/timings.csv"
     echo "== $run: $name took $dt s"

@@ -58,10 +58,100 @@ from xalign import notebook, runs
 
 P = notebook.setup(params, overrides, missing_upstream, stage="probing", namespace=globals())
 
+# %% [markdown]
+# ## One probe, inline
+#
+# Before the sweep, the method on **one** dataset of this run: one checkpoint, one layer ℓ,
+# one attribute, one language, one lemma split and one probe seed (by default the last
+# checkpoint, the last main layer, POS and English; pass `checkpoint=`, `layer=`,
+# `attribute=`, `language=` to `wt.pick_dataset` for another). The word vectors come from
+# stage 2 (`vectors/<checkpoint>/<lang>.safetensors`, one row per labelled word), the labels
+# and the lemma-disjoint train/dev/test split from stage 1 (`data/labels.parquet`). Each
+# dimension is z-scored with the *training* split's mean and standard deviation
+# (`probe.standardize`), as the stage does.
+
+# %%
+from IPython.display import display  # noqa: E402
+
+from xalign.walkthrough import probing as wt  # noqa: E402
+
+ds = wt.pick_dataset(P)
+print(ds.describe())
+ds.shapes()
+
+# %% [markdown]
+# **Training.** The probe is a linear softmax classifier on the masked vector,
+# p(π | h ⊙ m) = softmax((h ⊙ m) W + b), with W (d × C) and b (C), and a mean-field mask
+# distribution q(m) = ∏_d Bernoulli(σ(φ_d)) with φ (d). Training maximises the ELBO
+# E_q[log p(π | h ⊙ m)] + λ H(q) (Eq. 1–4; λ = 1/N with `entropy_scale: per_example`, 1 with
+# `reference`) with Adam: a Monte-Carlo gradient for W and b over `probe.mc_samples` masks per
+# step, a score-function gradient with a leave-one-out baseline for φ. Early stopping watches
+# the log-likelihood of a held-out part of the training split (under fixed masks), and the
+# best epoch's W, b, φ are returned. Same config and seed as the stage's probe for this dataset.
+
+# %%
+import math  # noqa: E402
+
+config = wt.probe_config(P)
+probe = wt.train_one(ds, config)
+best = probe.history[probe.best_epoch]
+print(f"W {tuple(probe.W.shape)} (d × C), b {tuple(probe.b.shape)}, φ {tuple(probe.phi.shape)}; "
+      f"{len(probe.history)} epochs (max {config.max_epochs}, patience {config.patience}), returned epoch "
+      f"{probe.best_epoch}: held-out log-likelihood {best['held_out_loglik']:.3f} nats/example, "
+      f"H(q) = {best['entropy']:.1f} nats of at most d ln 2 = {ds.d * math.log(2):.1f}")
+wt.show(wt.fig_training_curve(probe, title=f"{ds.language} {ds.attribute}, ℓ = {ds.layer}, {ds.checkpoint}: "
+                                           f"training the latent-variable probe (seed {config.seed})"))
+wt.training_table(probe).iloc[sorted({0, probe.best_epoch, len(probe.history) - 1})].round(4)
+
+# %% [markdown]
+# **Mask marginals.** σ(φ_d) = q(m_d = 1) is how often the probe keeps dimension d on. A
+# dimension whose removal costs log-likelihood is pushed towards 1; the entropy term pulls
+# every marginal back towards 0.5, the start. With a short training budget (the built-in slice
+# trains at most 40 full-batch epochs) the marginals hardly leave 0.5, so the ranking of the
+# marginals is not the selection: the neurons are chosen greedily on dev, next.
+
+# %%
+wt.show(wt.fig_marginals(probe, title=f"{ds.language} {ds.attribute}, ℓ = {ds.layer}: σ(φ_d) sorted (d = {ds.d})"))
+wt.marginals_table(probe, top=max(P.probe.k, 5)).round(3)
+
+# %% [markdown]
+# **Greedy selection on dev.** From the empty set, each step adds the dimension whose
+# addition (every other dimension zeroed, the *same* probe, no retraining) most raises the mean
+# dev log-likelihood. The first k = `probe.k` picks are the selected neurons (the path is
+# nested, so running it a few steps further changes nothing before step k). Along the path:
+# normalised MI (H(Y) − H(Y|X)) / H(Y) in bits/bits against the training label prior, on dev
+# (optimistic: the picks were made there) and on test (the honest number; it can be below 0
+# when test's label mix differs from train's), and each pick's dev gain with its standard
+# error: a gain below about 2 SE is noise.
+
+# %%
+k = P.probe.k
+res = wt.greedy_path(probe, ds, k, extra=max(5, k))
+selected = res.neurons[:k]
+rank = {int(n): r for r, n in enumerate(wt.marginals_table(probe, top=ds.d).neuron)}
+print(f"N_dev × d = {ds.X_dev.shape[0]} × {ds.d}, C = {ds.n_classes}, k = {k} (k/d = {k / ds.d:.3f}): selected neurons "
+      f"{selected}, their ranks by σ(φ) {[rank[n] for n in selected]}; test MI at k = {res.test_mi[k - 1]:.3f}, "
+      f"the same probe with all d on {res.test_mi_all:.3f} (off its training distribution)")
+wt.show(wt.fig_greedy_path(res, k, ds.d, title=f"{ds.language} {ds.attribute}, ℓ = {ds.layer}, {ds.checkpoint}: "
+                                               f"greedy path (first {k} selected)"))
+wt.show(wt.fig_marginals(probe, selected, title="The selected neurons among the sorted marginals"))
+wt.path_table(res, k).round(4)
+
+# %% [markdown]
+# ## The sweep
+#
+# The stage runner does the above for every (checkpoint, layer, attribute, language, lemma
+# split, probe seed), reusing any part whose inputs and params are unchanged, and writes
+# `probing/selections.parquet` (one row per probe) and `probing/paths.parquet` (one row per
+# greedy step). The inline probe's dataset is one of its rows.
+
 # %%
 summary = runs.run_probing(P)
 sel = summary.tables["selections"]
 print(f"probes trained: {len(sel)}; k = {P.probe.k}, d = {sel.d.iloc[0] if len(sel) else '?'}")
+row = wt.sweep_row(sel, ds, config.seed)
+print(f"this dataset in the sweep: neurons {[int(n) for n in row.neurons]}, test MI {row.test_mi:.3f}; inline: {selected}, "
+      f"{res.test_mi[k - 1]:.3f}")
 
 # %% [markdown]
 # Normalised MI (bits/bits) on test with the k selected neurons, mean over languages. The
@@ -93,6 +183,6 @@ paths = pd.read_parquet(P.run_dir() / "probing" / "paths.parquet")
 if len(paths):
     last_ck = sel.sort_values("step").checkpoint.iloc[-1]
     layer = max(l for l in P.extraction.layers if l in set(paths[paths.checkpoint == last_ck].layer))
-    display(plots.fig_greedy_gains(paths, last_ck, layer))
+    wt.show(plots.fig_greedy_gains(paths, last_ck, layer))
     paths["at_noise"] = paths.dev_gain < 2 * paths.dev_gain_se
     display(paths.groupby(["attribute", "step_k"]).at_noise.mean().unstack("step_k").round(2))

@@ -59,9 +59,73 @@ from xalign import notebook, runs
 
 P = notebook.setup(params, overrides, missing_upstream, stage="overlap", namespace=globals())
 
+# %% [markdown]
+# ## One pair, inline
+#
+# Before the sweep, one language pair by hand. Stage 3 has written its selections
+# (`probing/selections.parquet`, one row per probe: k neurons out of d), so take English and
+# one other language for one (checkpoint, layer, attribute) and one replicate (probe seed,
+# lemma-split seed): by default the last checkpoint, the last main layer, POS, the first
+# other language and the first seeds (pass `lang_b=`, `seed=`, … to `wt.pick_pair`).
+
 # %%
+from xalign.walkthrough import probing as wt  # noqa: E402
+
+sel = wt.load_selections(P.run_dir())
+ex = wt.default_example(P)
+group = (ex["checkpoint"], ex["layer"], ex["attribute"])
+pair = wt.pick_pair(sel, *group, lang_a=ex["language"])
+print(pair.describe())
+
+# %% [markdown]
+# **Is that more than chance?** If A and B were independent uniformly random k-subsets of the
+# d neurons, X = |A ∩ B| would be hypergeometric: population d, k "successes" (the neurons in
+# A), k draws (B). Its mean is k²/d, i.e. the chance *rate* k/d, and the exact one-sided
+# p-value of an observed overlap o is P[X ≥ o] = `hypergeom.sf(o - 1, d, k, k)`
+# (`xalign.overlap.overlap_p_value`). The table is that null distribution from
+# `scipy.stats.hypergeom` directly; the row of the observed o gives the same p.
+
+# %%
+null = wt.hypergeom_table(pair.d, pair.k, pair.n_overlap)
+print(f"d = {pair.d}, k = {pair.k}: chance rate k/d = {pair.chance:.4f}; observed |A ∩ B| = {pair.n_overlap}, "
+      f"p = {pair.p_value:.4g} (xalign.overlap) = {null.p_tail[pair.n_overlap]:.4g} (scipy.stats.hypergeom)")
+wt.show(wt.fig_null(pair))
+null.round(5)
+
+# %% [markdown]
+# One replicate is one draw of the probe's noise. The same pair in every replicate (probe seed
+# × lemma-split seed) of the run: the stage's `pairs` row is their mean, with a t interval.
+
+# %%
+wt.pair_replicates(sel, *group, pair.lang_a, pair.lang_b).round(4)
+
+# %% [markdown]
+# **Every pair of the group.** The same computation for all language pairs of this
+# (checkpoint, layer, attribute), p-values Holm-corrected over the group's pairs in each
+# replicate, then averaged over replicates (`significant` = above chance in every replicate):
+# the Appendix B.1 heatmap.
+
+# %%
+wt.show(wt.fig_heatmap(sel, *group, alpha=P.overlap.alpha))
+wt.group_pairs(sel, *group, alpha=P.overlap.alpha)[
+    ["lang_a", "lang_b", "k", "d", "n_overlap", "overlap_rate", "chance_rate", "p_holm", "significant",
+     "n_seeds", "overlap_lo", "overlap_hi"]].round(3)
+
+# %% [markdown]
+# ## The sweep
+#
+# The stage runner does this for every (checkpoint, layer, attribute), adds the self-overlap
+# ceiling, the averages with their bootstrap intervals and the step-to-step changes, and
+# writes `overlap/*.parquet` (and CSV). The inline pair is one row of `pairs_by_seed`.
+
+# %%
+import pandas as pd  # noqa: E402
+
 summary = runs.run_overlap(P)
 avg = summary.tables["average"]
+row = wt.sweep_pair(pd.read_parquet(P.run_dir() / "overlap" / "pairs_by_seed.parquet"), pair)
+print(f"{pair.lang_a}–{pair.lang_b} in the sweep: n_overlap {row.n_overlap}, rate {row.overlap_rate:.3f}, "
+      f"p {row.p_value:.4g} (Holm {row.p_holm:.4g}); inline: {pair.n_overlap}, {pair.rate:.3f}, {pair.p_value:.4g}")
 
 # %% [markdown]
 # Average overlap per checkpoint with its 95% interval, next to chance k/d and the ceiling:
@@ -84,9 +148,11 @@ summary.tables["self"].groupby(["attribute", "layer"])[["self_overlap_rate", "ja
 summary.tables["changes"].round(3)
 
 # %% [markdown]
-# The most-overlapping significant pairs on the last checkpoint:
+# The most-overlapping pairs on the last checkpoint (`significant`: Holm-corrected p < α in
+# every replicate):
 
 # %%
 pairs = summary.tables["pairs"]
 last = pairs[pairs.checkpoint == pairs.sort_values("step").checkpoint.iloc[-1]]
-last[last.significant].sort_values("overlap_rate", ascending=False).head(15)
+print(f"{int(last.significant.sum())} of {len(last)} pairs on {last.checkpoint.iloc[0]} are significant")
+last.sort_values(["significant", "overlap_rate"], ascending=False).head(15)

@@ -228,7 +228,7 @@ def case_stale_upstream(tmp: Path) -> str:
     proc = _run_all(tmp, _small(tmp), "03")
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    log = tmp / "runs" / "bad-run" / "logs" / "03_probing.log"
+    log = tmp / "runs" / "bad-run" / "logs" / "03_probing.papermill.log"
     assert f"(traceback: {log}; notebook: {tmp / 'runs' / 'bad-run' / 'notebooks' / '03_probing.ipynb'})" in last
     assert "Traceback" not in proc.stderr and "Traceback" in log.read_text(encoding="utf-8")
     return last

@@ -656,7 +656,7 @@ def _skip(summary: list[dict], row: dict, reason: str) -> None:
     full = {"n_values": 0, "values": "", "n_train": 0, "n_dev": 0, "n_test": 0, **row,
             "status": "skipped", "reason": reason}
     summary.append(full)
-    logger.info("skipped %s %s: %s", row["language"], row["attribute"], reason)
+    logger.debug("skipped %s %s: %s", row["language"], row["attribute"], reason)  # counted in the stage line
 
 
 # ---------------------------------------------------------------------------------------

@@ -161,6 +161,20 @@ def ensure_upstream(P: RunParams, stage: str, missing_upstream: str = "slice") -
     return S
 
 
+def _show_figures_as_png() -> None:
+    """Let ``display(fig)`` of a matplotlib Figure made without pyplot (as xalign.plots does)
+    render as a PNG in the notebook; outside IPython, nothing."""
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import print_figure
+        from matplotlib.figure import Figure
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is not None:
+        ip.display_formatter.formatters["image/png"].for_type(Figure, lambda fig: print_figure(fig, "png"))
+
+
 def setup(params: Any, overrides: Mapping[str, Any] | str | None = None, missing_upstream: str = "slice", *,
           stage: str | None = None, namespace: Mapping[str, Any] | None = None) -> RunParams:
     """A notebook's first cell: check parameters, load params, set up logging and display,
@@ -184,9 +198,13 @@ def setup(params: Any, overrides: Mapping[str, Any] | str | None = None, missing
     if namespace is not None:
         check_injected(namespace)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    for noisy in ("httpx", "urllib3", "filelock", "bitsandbytes"):
+    for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # On CPU, bitsandbytes warns at import that the optional `kernels` package (which would
+    # download from the Hub) is missing; 4-bit runs without it (README). Known harmless.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     pd.set_option("display.width", 160, "display.max_columns", 30)
+    _show_figures_as_png()
     over = parse_overrides(overrides)
     from .colab import gpu_overrides, in_colab
 
