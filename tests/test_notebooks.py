@@ -108,3 +108,10 @@ def test_each_notebook_runs_alone_in_a_fresh_kernel_in_any_order(tmp_path):
         if py.stem.startswith("07"):  # first: nothing exists yet
             assert "runs on the built-in slice minimal-slice" in text
     assert (tmp_path / "runs" / "minimal-slice" / "correlation" / "table1.csv").is_file()
+
+
+def test_readme_badges_open_each_notebook():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    repo = colab.REPO_URL.split("github.com/")[1]
+    for py in PY:
+        assert f"https://colab.research.google.com/github/{repo}/blob/main/notebooks/{py.stem}.ipynb" in readme
