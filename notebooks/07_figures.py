@@ -20,7 +20,8 @@
 # Figure 1 (overlap vs step per attribute), Figure 2 (overlap vs layer on the last
 # checkpoint), Figure 3 (overlap, XNLI and POS vs step), Figure 4 (pairwise overlap vs
 # transfer), Figure 5 (per-language transfer vs step) and the Appendix B.1 heatmaps with
-# significant cells marked. The chance level k/d is drawn next to every overlap.
+# significant cells marked. The chance level k/d is drawn next to every overlap. The run's
+# report, `runs/<run>/report.html`, gathers them with Table 1 and the run's provenance.
 
 # %% [markdown]
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/xalign/xalign/blob/main/notebooks/07_figures.ipynb)
@@ -59,3 +60,16 @@ for name in ["fig1_overlap_vs_step", "fig2_overlap_vs_layer", "fig3_overlap_tran
     f = P.figure_dir() / f"{name}.png"
     if f.is_file():
         display(Image(filename=str(f)))
+
+# %% [markdown]
+# ## The report
+#
+# The same stage writes `runs/<run>/report.html` (a copy in `figures/<run>/`): one
+# self-contained page with the headline numbers, Table 1 with its intervals, every figure,
+# the skipped datasets, stage timings and provenance (`xalign.report`). Open it in any
+# browser, offline.
+
+# %%
+from xalign import report
+
+print(report.describe(P.run_dir() / report.REPORT_NAME))
