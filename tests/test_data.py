@@ -223,7 +223,7 @@ def _planted_words(n_lemmas: int = 300) -> pd.DataFrame:
 
 def test_build_datasets_planted(caplog):
     words = _planted_words()
-    with caplog.at_level(logging.INFO, logger="xalign.data"):
+    with caplog.at_level(logging.DEBUG, logger="xalign.data"):
         labels, summary = D.build_datasets(words, ["Number", "POS", "Gender", "Tense"], min_count=20, seed=0)
     assert list(labels.columns) == ["language", "attribute", "sent_idx", "word_idx", "value", "split"]
     s = summary.set_index("attribute")
