@@ -41,6 +41,7 @@ def model_problems(P: RunParams) -> list[str]:
     if P.checkpoints.source != "local":
         return []
     from . import checkpoints as ck
+    from .stages.extraction import check_layers
 
     try:
         series = ck.series_of(P.checkpoints, P.run_dir())
@@ -55,10 +56,10 @@ def model_problems(P: RunParams) -> list[str]:
         n_hs, d = ck.num_hidden_states(config), ck.hidden_size(config)
         ex = P.extraction
         for key, ls in (("layers", ex.layers), ("sweep_layers", [] if ex.sweep_layers == "all" else ex.sweep_layers)):
-            bad = [l for l in ls if l > n_hs]
-            if bad:
-                out.append(f"params.extraction.{key}: layer(s) {bad} out of range for {c.name} "
-                           f"(valid 1..{n_hs}; l = 1 is the embedding output)")
+            try:  # stage 2's own check, here before anything runs
+                check_layers(list(ls), n_hs, c.name, f"extraction.{key}")
+            except ValueError as e:
+                out.append(f"params.{e}")
         if P.probe.k > d:
             out.append(f"params.probe.k: {P.probe.k} > the hidden size {d} of {c.name}")
         if out:
