@@ -21,6 +21,11 @@ decrease (up to finite-sample noise) when the masked probe is the exact posterio
 ``p(π | h_S)`` for every subset S, since extra evidence cannot raise the expected
 cross-entropy; a well-trained latent probe approximates that for the informative dims.
 
+Probe-free baseline: :func:`probeless_select` ranks dimensions by the Probeless score of
+Antverg & Belinkov (2022), the summed absolute differences of class means on the training
+split (:func:`probeless_scores`); its path is scored by a probe exactly like the weight-mass
+baseline's, and :func:`selection_agreement` compares two methods' top-k lists.
+
 All-d numbers: ``SelectionResult.dev_mi_all`` is the same probe with every dimension
 on, the "ALL" row of the reference greedy code. The probe was trained under masks that
 keep about half of the dims, so this input is off its training distribution and the
@@ -63,7 +68,8 @@ class SelectionResult:
         dev_mi_all, dev_acc_all, test_mi_all, test_acc_all: the same probe with all d
             dimensions on (reference code's "ALL" row; off the latent probe's training
             distribution, see the module docstring; :func:`retrained_mi` is the clean reference).
-        method: ``"greedy"`` or ``"weight_mass"``.
+        method: ``"greedy"`` (:func:`greedy_select`), ``"weight_mass"``
+            (:func:`weight_mass_select`) or ``"probeless"`` (:func:`probeless_select`).
         dev_gain: per step, the gain in mean dev log-likelihood (nats/example) of adding
             that neuron, ``mean_n [ll_n(S_t) - ll_n(S_{t-1})]`` (step 1: over the empty set).
         dev_gain_se: its standard error over dev examples, ``std_n(·) / sqrt(N)`` (paired:
@@ -323,6 +329,128 @@ def weight_mass_select(X_train: Tensor, y_train: Tensor, n_classes: int, X_dev: 
             if path is not None:
                 path.add(c)
     return _result(probe, neurons, dev, test, "weight_mass")
+
+
+def probeless_scores(X: Tensor, y: Tensor, n_classes: int) -> Tensor:
+    """Per-neuron Probeless score (Antverg & Belinkov 2022, ICLR, Sec. 2, "Probeless").
+
+    With ``q(z) = mean_{n: y_n = z} X[n, :]`` the mean representation of class z, the score
+    of dimension j is ``r_j = Σ_{z < z'} |q(z)_j - q(z')_j|``, the sum over unordered pairs
+    of classes of the absolute differences of the class means. (Summing over ordered pairs
+    ``(z, z')``, as the paper's ``Σ_{z, z'}`` may be read, gives ``2 r``: same ranking.) No probe
+    is trained; the score only sees differences of *per-dimension* means, so information
+    carried by a combination of dimensions (e.g. an XOR) with equal class means is invisible.
+    Computed in float64 from the sorted class means, ``r_j = Σ_i (2i - C + 1) q_(i)j``
+    (``q_(0)j <= ... <= q_(C-1)j``), O(N d + d C log C).
+
+    Args:
+        X: (N, d) float representations (e.g. the training split).
+        y: (N,) int labels in [0, n_classes); every class must occur at least once.
+        n_classes: C >= 2.
+
+    Returns:
+        (d,) float64 scores, in the units of X (a sum of differences of means); >= 0.
+
+    Raises:
+        ValueError: one line, naming the argument: X not a finite 2-D float tensor,
+            y of the wrong shape/dtype or out of range, n_classes < 2, a class with no examples.
+    """
+    return _probeless(X, y, n_classes, "probeless_scores: X", "probeless_scores: y")
+
+
+def _probeless(X: Tensor, y: Tensor, n_classes: int, xname: str, yname: str) -> Tensor:
+    what = yname.rsplit(":", 1)[0]
+    if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or n_classes < 2:
+        raise ValueError(f"{what}: n_classes={n_classes!r} must be an int >= 2")
+    C = int(n_classes)
+    X = _check_X(X, xname)
+    y = _check_y(y, yname, X.shape[0], C)
+    counts = torch.bincount(y, minlength=C)
+    empty = (counts == 0).nonzero().squeeze(1).tolist()
+    if empty:
+        raise ValueError(f"{yname} has no examples of class(es) {empty[:5]} (of n_classes={C})")
+    sums = torch.zeros(C, X.shape[1], dtype=torch.float64).index_add_(0, y, X.to(torch.float64))
+    q = sums / counts[:, None].to(torch.float64)  # (C, d) class means
+    coef = 2 * torch.arange(C, dtype=torch.float64) - (C - 1)  # (C,)
+    return (coef[:, None] * q.sort(dim=0).values).sum(dim=0)
+
+
+def probeless_select(X_train: Tensor, y_train: Tensor, n_classes: int, X_dev: Tensor, y_dev: Tensor,
+                     k: int = 50, X_test: Tensor | None = None, y_test: Tensor | None = None,
+                     seed: int = 0, config: ProbeConfig | None = None,
+                     eval_probe: LatentProbe | None = None) -> SelectionResult:
+    """Probe-free baseline: top-k dimensions by the Probeless score (Antverg & Belinkov 2022, Sec. 2).
+
+    Ranks dimensions by :func:`probeless_scores` on the *training* split (highest first;
+    ties, i.e. exactly equal float64 scores, go to the lower dimension index) and keeps the
+    top k. The ranking uses no probe. The MI/accuracy path is computed exactly as
+    :func:`weight_mass_select`'s: by ``eval_probe`` with the dimensions not yet in the top-t
+    zeroed; without ``eval_probe``, by the same plain linear probe :func:`weight_mass_select`
+    trains (:func:`xalign.probe.train_linear_probe` with ``config``, default
+    ``ProbeConfig(lr=1e-3, batch_size=128, seed=seed)``), so with equal arguments the
+    greedy / weight-mass / Probeless rows of one table are scored by the same probe.
+
+    Args:
+        X_train: (N, d) float, y_train: (N,) int labels in [0, n_classes), every class present;
+            n_classes: C >= 2.
+        X_dev, y_dev: dev set; X_test, y_test: optional test set (both or neither); k: 1 <= k <= d.
+        seed, config: of the default evaluation probe (unused when ``eval_probe`` is given).
+        eval_probe: a probe with W of shape (d, C) that scores the path.
+
+    Returns:
+        :class:`SelectionResult` with ``method="probeless"``.
+
+    Raises:
+        ValueError: one line, as :func:`probeless_scores`, for k out of range, an
+            ``eval_probe`` of the wrong shape, and as :func:`xalign.probe.train_linear_probe`.
+    """
+    what = "probeless_select"
+    X_train = _check_X(X_train, f"{what}: X_train")
+    d = X_train.shape[1]
+    _check_k(k, d, what)
+    scores = _probeless(X_train, y_train, n_classes, f"{what}: X_train", f"{what}: y_train")
+    neurons = [int(i) for i in torch.sort(scores, descending=True, stable=True).indices[:k]]
+    if eval_probe is None:
+        cfg = config if config is not None else ProbeConfig(lr=1e-3, batch_size=128, seed=seed)
+        probe = train_linear_probe(X_train, y_train, n_classes, cfg)
+    else:
+        probe = eval_probe
+        if tuple(probe.W.shape) != (d, int(n_classes)):
+            raise ValueError(f"{what}: eval_probe has W {tuple(probe.W.shape)}, expected {(d, int(n_classes))}")
+    dev, test = _eval_sets(probe, X_dev, y_dev, X_test, y_test, what)
+    for c in neurons:
+        for path in (dev, test):
+            if path is not None:
+                path.add(c)
+    return _result(probe, neurons, dev, test, "probeless")
+
+
+def selection_agreement(a: list[int], b: list[int]) -> float:
+    """Agreement ``|A ∩ B| / k`` of two top-k neuron selections (e.g. two methods, one dataset).
+
+    The same quantity as the cross-lingual overlap rate of :mod:`xalign.overlap` (Wang et al.
+    2024, Sec. 3), for two plain lists; order within a list is ignored. Chance level for two
+    independent random k-subsets of d dims is k / d.
+
+    Args:
+        a, b: k >= 1 distinct int indices each, same k.
+
+    Returns:
+        float in [0, 1] (a fraction of k).
+
+    Raises:
+        ValueError: one line, for empty lists, lists of different lengths, non-int or
+            repeated indices.
+    """
+    for name, s in (("a", a), ("b", b)):
+        if (not isinstance(s, (list, tuple)) or not s
+                or any(isinstance(c, bool) or not isinstance(c, numbers.Integral) for c in s)):
+            raise ValueError(f"selection_agreement: {name} must be a non-empty list of ints, got {s!r:.60}")
+        if len(set(s)) != len(s):
+            raise ValueError(f"selection_agreement: {name} has repeated neurons: {s!r:.60}")
+    if len(a) != len(b):
+        raise ValueError(f"selection_agreement: a and b must have the same length k, got {len(a)} and {len(b)}")
+    return len(set(int(c) for c in a) & set(int(c) for c in b)) / len(a)
 
 
 @dataclass
