@@ -541,8 +541,16 @@ def split_by_lemma(lemmas: Iterable[str], fractions: Sequence[float] = (0.8, 0.1
     return out
 
 
-def _split_key(words: pd.DataFrame) -> pd.Series:
-    """Lemma, or the form where the treebank has no lemma (``_``; e.g. all of Hindi-PUD)."""
+def split_key(words: pd.DataFrame) -> pd.Series:
+    """What :func:`build_datasets` splits a language's words by: the LEMMA, or the FORM where
+    the treebank has no lemma (``_``; e.g. all of Hindi-PUD).
+
+    Args:
+        words: a words table (:func:`words_table`; needs ``lemma`` and ``form``), N rows.
+
+    Returns:
+        (N,) string Series aligned with ``words``, the input of :func:`split_by_lemma`.
+    """
     lemma = words["lemma"].astype("string").fillna("_")
     return lemma.where(lemma != "_", words["form"].astype("string"))
 
@@ -605,7 +613,7 @@ def build_datasets(words: pd.DataFrame, attributes: Sequence[str], min_count: in
     multi: dict[str, frozenset[str]] = {}
     for lang in pd.unique(words["language"]):
         sub = words[words["language"] == lang]
-        key = _split_key(sub)
+        key = split_key(sub)
         split = key.map(split_by_lemma(key.tolist(), fractions, seed))
         uniq = pd.unique(sub["unimorph"])
         for s in uniq:

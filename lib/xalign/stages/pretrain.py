@@ -61,8 +61,10 @@ def plan(ctx: Context) -> Iterator[list[Unit]]:
 _CORPUS: dict[str, Any] = {}  # the text and tokenizer of one config per process: the units share them
 
 
-def _corpus(P: Any) -> tuple[list[str], Any]:
-    """(text lines, tokenizer) of the lab's corpus (:func:`xalign.lab.build_corpus`)."""
+def corpus(P: Any) -> tuple[list[str], Any]:
+    """(text lines, tokenizer) of the lab's corpus (:func:`xalign.lab.build_corpus`) and its
+    byte-level BPE tokenizer (:func:`xalign.lab.train_tokenizer`), exactly as stage 0 trains on;
+    cached per process for one config."""
     from .. import data, lab
 
     pp, root = P.pretrain, P.resolved_data_root()
@@ -84,7 +86,7 @@ def train_until(P: Any, step: int) -> dict:
     from .. import lab
 
     pp = P.pretrain
-    texts, tok = _corpus(P)
+    texts, tok = corpus(P)
     lab.pretrain(texts, tok, P.run_dir() / "checkpoints", vocab_size=pp.vocab_size, hidden_size=pp.hidden_size,
                  n_layer=pp.n_layer, n_head=pp.n_head, seq_len=pp.seq_len, batch_size=pp.batch_size, lr=pp.lr,
                  warmup_steps=pp.warmup_steps, checkpoint_steps=pp.checkpoint_steps, seed=P.seed,
