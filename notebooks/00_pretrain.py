@@ -54,11 +54,52 @@ from xalign import notebook, runs
 
 P = notebook.setup(params, overrides, missing_upstream, stage="pretrain", namespace=globals())
 
+# %% [markdown]
+# ## The corpus and the tokenizer, inline
+#
+# What stage 0 trains on, built here exactly as the stage builds it
+# (`xalign.stages.pretrain.corpus`): the text lines of the data bundle's sources for
+# `data.languages`, shuffled with the run seed, and a byte-level BPE tokenizer of
+# `pretrain.vocab_size` pieces trained on them. The lines are tokenised and packed into blocks
+# of `pretrain.seq_len` tokens; a few blocks are held out to measure the loss on text the model
+# does not train on. A small vocabulary cuts words into many short pieces (few characters per
+# token), which is one reason the lab model is a caricature of BLOOM: its 250k-piece vocabulary
+# keeps most words whole.
+
+# %%
+from IPython.display import display  # noqa: E402
+
+from xalign.walkthrough import data as wd  # noqa: E402
+
+if P.checkpoints.source == "lab":
+    corpus = wd.corpus_overview(P)
+    print(corpus.describe())
+    display(wd.tokenized_examples(P, corpus.tokenizer))
+else:
+    print(f"checkpoints.source={P.checkpoints.source}: this run analyses an existing series; stage 0 trains nothing")
+
+# %% [markdown]
+# ## The sweep
+#
+# Stage 0 trains the model for `pretrain.steps` optimiser steps and saves a checkpoint at each
+# step of `pretrain.save_steps`, together with its `training_state.json` (loss, held-out loss,
+# tokens seen, seed, threads). A finished checkpoint is reused on a rerun; a killed run resumes
+# from the last one.
+
 # %%
 summary = runs.run_pretrain(P)
 
 # %% [markdown]
-# Loss at each saved checkpoint (cross-entropy in nats per token on the training stream):
+# Loss at each saved checkpoint: the training loss (mean since the previous checkpoint) and
+# the loss on the held-out blocks, in nats per token. Uniform guessing over the vocabulary
+# costs ln(vocabulary) nats; the curve should start near it and fall. The later stages ask
+# whether cross-lingual alignment emerges *along* this curve.
 
 # %%
-summary.tables.get("checkpoints", pd.DataFrame())
+ckpts = summary.tables.get("checkpoints", pd.DataFrame())
+display(ckpts)
+if len(ckpts):
+    import math  # noqa: E402
+
+    print(f"ln(vocabulary) = {math.log(len(corpus.tokenizer)):.2f} nats/token")
+    wd.show(wd.fig_loss_curve(ckpts))

@@ -58,9 +58,62 @@ from xalign import notebook, runs
 
 P = notebook.setup(params, overrides, missing_upstream, stage="data_prep", namespace=globals())
 
+# %% [markdown]
+# ## One sentence, inline
+#
+# One English sentence of this run, read as stage 1 reads it (`xalign.data.load_words`, the
+# same sentence sample and multiword-token handling): each word's FORM, LEMMA, UPOS and UD
+# FEATS, the UniMorph features the converter gives it, and the value it has for each
+# attribute in `data.attributes` (blank where it has none: a word only enters the datasets of
+# the attributes it carries).
+
+# %%
+from IPython.display import display  # noqa: E402
+
+from xalign.walkthrough import data as wd  # noqa: E402
+
+language = "en" if "en" in P.data.languages else P.data.languages[0]
+words = wd.language_words(P, language)
+sent = wd.pick_sentence(words)
+print(f"{language}: {len(words)} words in {words.sent_idx.nunique()} sentences; sentence {sent}:")
+wd.sentence_table(words, sent, list(P.data.attributes))
+
+# %% [markdown]
+# ## The lemma split, inline
+#
+# The words are split 80/10/10 **by lemma**, with the run's first lemma-split seed: every form
+# of a lemma lands in the same split, so a probe is tested on lemmas it never saw and cannot
+# score by memorising them. The fractions hold for lemmas, not for word tokens: a frequent
+# lemma (*be*, *the*) puts all its tokens in one split.
+
+# %%
+split_seed = P.data.split_seed_list(P.seed)[0]
+split = wd.lemma_split(words, P.data.split_fractions, split_seed)
+print(f"lemma-split seed {split_seed}; lemmas with words in more than one split: {split.lemmas_in_two_splits()}")
+display(split.summary())
+wd.lemma_examples(words, split)
+
+# %% [markdown]
+# ## The sweep
+#
+# Stage 1 does this for every language, then builds one dataset per (language, attribute):
+# the values kept are those with at least `data.min_count` words in every split.
+
 # %%
 summary = runs.run_data_prep(P)
 table = summary.tables["summary"]
+
+# %% [markdown]
+# The inline split is the stage's: the split of every labelled word of this language in
+# `data/labels.parquet` against the inline one (the count of disagreements must be 0).
+
+# %%
+from xalign.store import read_table  # noqa: E402
+
+labels = read_table(P.run_dir() / "data" / "labels.parquet")
+mine = labels[(labels.language == language) & (labels.split_seed == split_seed)]
+both = mine.merge(words.assign(inline=split.split)[["sent_idx", "word_idx", "inline"]], on=["sent_idx", "word_idx"])
+print(f"{len(both)} labelled (word, attribute) rows of {language}; split disagreements: {int((both.split != both.inline).sum())}")
 
 # %% [markdown]
 # Kept datasets: number of values and examples per split.

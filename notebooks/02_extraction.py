@@ -57,8 +57,64 @@ from xalign import notebook, runs
 
 P = notebook.setup(params, overrides, missing_upstream, stage="extraction", namespace=globals())
 
+# %% [markdown]
+# ## One sentence, inline
+#
+# The last checkpoint of the series, loaded as stage 2 loads it, and one English sentence of
+# stage 1's words table. First how its words meet the tokenizer, in both
+# `extraction.tokenization` modes (`Ġ` marks a leading space in byte-level BPE; in `sentence`
+# mode a word's pieces are those whose characters fall inside it):
+
+# %%
+from IPython.display import display  # noqa: E402
+
+from xalign.walkthrough import data as wd  # noqa: E402
+
+language = "en" if "en" in P.data.languages else P.data.languages[0]
+ckpt, model, tokenizer = wd.load_last_checkpoint(P)
+words = wd.language_words(P, language)
+sent = wd.pick_sentence(words)
+forms = words[words.sent_idx == sent].sort_values("word_idx").form.tolist()
+print(f"checkpoint {ckpt.name} (step {ckpt.step}); {language} sentence {sent}: {' '.join(forms)}")
+for mode in ("per_word", "sentence"):
+    print(f"tokenization: {mode}" + ("  (this run's)" if mode == P.extraction.tokenization else ""))
+    display(wd.subword_table(tokenizer, forms, mode))
+
+# %% [markdown]
+# Then one forward pass with `output_hidden_states`: the word vector at layer ℓ is the mean of
+# the word's subwords' `hidden_states[ℓ-1]`, for every layer from ℓ = 1 (the embedding
+# output) to n_layer + 1 (after the final layer norm). Per layer: the shape (words × hidden
+# size d), the mean vector norm, and the mean cosine between different words (how much the
+# vectors share one direction).
+
+# %%
+n_layers = model.config.num_hidden_layers + 1
+vectors = wd.word_vectors(P, model, tokenizer, forms, list(range(1, n_layers + 1)))
+display(wd.layer_table(vectors))
+wd.show(wd.fig_word_vector(vectors, 1, forms[1]))
+
+# %% [markdown]
+# ## The sweep
+#
+# Stage 2 does this for every sentence of every language at `extraction.layers` of every
+# checkpoint (plus the layer sweep at the last), in batches, and stores the vectors.
+
 # %%
 summary = runs.run_extraction(P)
+
+# %% [markdown]
+# The inline vectors are the stage's: the largest difference between them and the stored rows
+# of this sentence (batched with padding, so equal up to float rounding).
+
+# %%
+from xalign.store import load_tensors  # noqa: E402
+
+stored, meta = load_tensors(P.run_dir() / "vectors" / ckpt.name / f"{language}.safetensors")
+rows = stored["sent_idx"] == sent
+for key in sorted(k for k in stored if k.startswith("layer_")):
+    l = int(key.split("_")[1])
+    diff = (vectors[l][stored["word_idx"][rows].long()] - stored[key][rows].float()).abs().max().item()
+    print(f"ℓ = {l}: {int(rows.sum())} stored words of sentence {sent}, max |inline - stored| = {diff:.2e}")
 
 # %% [markdown]
 # The checkpoint series with provenance (weights hash), and words extracted per language:
