@@ -98,6 +98,24 @@ def test_reuse_keeps_notes_and_tables_and_a_param_change_recomputes_its_units(tm
     assert (s.computed, s.reused) == (1, 0) and list(s.tables["scaled"].n) == [3, 3]
 
 
+def test_skip_reasons_go_to_a_table_and_the_line_counts_them(tmp_path, capsys):
+    from xalign.pipeline.scheduler import SHOWN_REASON_CHARS, StageSummary
+
+    P = ToyParams(tmp_path)
+    run_stage(P, "words", STAGES)
+    table = P.run_dir() / "skipped" / "words.csv"
+    assert pd.read_csv(table).to_dict("list") == {"stage": ["words"], "reason": ["b: nothing to skip"]}
+    assert "skipped 1 (b: nothing to skip);" in capsys.readouterr().out  # one short reason: shown
+    many = StageSummary("words", skipped=[f"x{i}: no words" for i in range(7)], skipped_table=table)
+    assert "; skipped 7 (reasons in skipped/words.csv);" in many.line() and "x0" not in many.line()
+    long = StageSummary("words", skipped=["y" * (SHOWN_REASON_CHARS + 1)], skipped_table=table)
+    assert "skipped 1 (reasons in skipped/words.csv)" in long.line()
+    P.words = ["a"]  # nothing skipped any more: the old table goes
+    s = run_stage(P, "words", STAGES)
+    assert s.skipped == [] and s.skipped_table is None and not table.exists()
+
+
+
 def test_a_stage_never_runs_on_stale_upstream_outputs(tmp_path):
     P = ToyParams(tmp_path)
     with pytest.raises(StaleUpstream, match=r"^words is not current for these params \(a not computed\): "

@@ -28,14 +28,17 @@ Layout of a run directory::
     data/words/<lang>.parquet         every UD word with UPOS, FEATS, UniMorph (stage 1)
     data/labels.parquet               (language, attribute, word, value, split) rows
     data/summary.csv                  kept / skipped datasets with reasons
+    skipped/<stage>.csv               a stage's skip reasons (the summary line counts them)
     vectors/<checkpoint>/<lang>.safetensors   layer_<l>: (n_words, d), word_index (stage 2)
     probing/parts/<checkpoint>/<lang>.{selections,paths}.parquet   one unit of stage 3
     probing/selections.parquet        one row per probe: selected neurons, MI, accuracy (stage 3)
     probing/paths.parquet             MI / accuracy at every greedy step
     overlap/pairs.parquet|csv         pairwise overlap rates, p-values (stage 4)
     overlap/average.csv               mean overlap per (checkpoint, layer, attribute)
-    transfer/parts/<checkpoint>/<task>.parquet   one unit of stage 5
+    transfer/parts/<checkpoint>/<task>.seed-<seed>{,.history}.parquet   one unit of stage 5: scores, English-dev curve
     transfer/results.parquet|csv      zero-shot transfer per (checkpoint, task, language) (stage 5)
+    transfer/results_by_seed.parquet  the same per fine-tuning seed
+    transfer/dev_history.parquet      every unit's English-dev score per evaluation
     correlation/table1.csv|md         Pearson r between overlap and transfer, correlation.recipe (stage 6)
     correlation/table1_<recipe>.*     the other recipe (per_layer | paper)
 """

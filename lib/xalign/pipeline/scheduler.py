@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from ..errors import XalignError
-from ..store import provenance, remove_stale_temps, write_json
+from ..store import atomic_path, provenance, remove_stale_temps, write_json
 from .lock import run_lock
 from .manifest import Manifest
 from .units import Unit
@@ -36,6 +36,10 @@ log = logging.getLogger("xalign.pipeline")
 
 class StaleUpstream(XalignError, RuntimeError):
     """An earlier stage's outputs do not match the current params: run that stage first."""
+
+
+#: the longest skip reason a stage's summary line shows in full
+SHOWN_REASON_CHARS = 100
 
 
 @dataclass
@@ -50,11 +54,19 @@ class StageSummary:
     removed: list[str] = field(default_factory=list)
     seconds: float = 0.0
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: where the skip reasons are listed (``skipped/<stage>.csv`` in the run folder), if any
+    skipped_table: Path | None = None
 
     def line(self) -> str:
-        """One line: units computed and reused, outputs removed, skipped (with reasons), time."""
-        sk = f"; skipped {len(self.skipped)}" + (f" ({'; '.join(self.skipped[:3])}"
-                                                 f"{' ...' if len(self.skipped) > 3 else ''})" if self.skipped else "")
+        """One line: units computed and reused, outputs removed, skipped, time. One short skip
+        reason is shown; several are counted, and :attr:`skipped_table` names the table
+        that lists them (``skipped/<stage>.csv``: one row per reason)."""
+        sk = "; skipped 0"
+        if len(self.skipped) == 1 and len(self.skipped[0]) <= SHOWN_REASON_CHARS:
+            sk = f"; skipped 1 ({self.skipped[0]})"
+        elif self.skipped:
+            where = f"{self.skipped_table.parent.name}/{self.skipped_table.name}" if self.skipped_table else "the manifest"
+            sk = f"; skipped {len(self.skipped)} (reasons in {where})"
         rm = f"; removed {len(self.removed)} outputs no longer produced" if self.removed else ""
         return f"[{self.stage}] computed {self.computed}, reused {self.reused}{rm}{sk}; {self.seconds:.1f} s"
 
@@ -254,6 +266,18 @@ def run_stage(P: Any, name: str, stages: dict[str, Stage], executor: Any = None)
         raise wrapped from e
 
 
+def _write_skipped(run_dir: Path, name: str, skipped: list[str]) -> Path | None:
+    """``skipped/<stage>.csv`` (columns stage, reason; one row per skip reason) when the stage
+    skipped something, else remove an earlier one. Returns its path, or None."""
+    dest = run_dir / "skipped" / f"{name}.csv"
+    if not skipped:
+        dest.unlink(missing_ok=True)
+        return None
+    with atomic_path(dest) as tmp:
+        pd.DataFrame({"stage": name, "reason": skipped}).to_csv(tmp, index=False)
+    return dest
+
+
 def _run_stage(P: Any, name: str, stages: dict[str, Stage], executor: Any) -> StageSummary:
     """:func:`run_stage` without the wrapping of library errors."""
     from .executors import make_executor
@@ -283,6 +307,7 @@ def _run_stage(P: Any, name: str, stages: dict[str, Stage], executor: Any) -> St
         for u in units:
             s.skipped += ctx.notes(u).get("skipped", [])
         stage.gather(ctx, s, units)
+        s.skipped_table = _write_skipped(run_dir, name, s.skipped)
         s.seconds = time.perf_counter() - t0
         m.stages[name] = {"computed": s.computed, "reused": s.reused, "removed": len(s.removed),
                           "skipped": s.skipped, "seconds": round(s.seconds, 2),
