@@ -105,3 +105,21 @@ def test_bloom_files_use_the_papers_treebanks_and_attributes(name):
     assert sorted(P.data.attributes) == sorted(ALL_ATTRIBUTES)
     assert sorted(P.probe.sweep_attributes) == sorted(ALL_ATTRIBUTES)
     assert P.extraction.max_length == 2047  # the paper's code skipped sentences of >= 2048 subwords
+
+
+def test_colab_file_is_the_560m_series_on_data_colab_fetches():
+    """params/colab-bloom-560m.yaml: the paper's BLOOM-560m series, layers and attributes, cut
+    down, with transfer data that ``xalign.colab.bootstrap`` fetches (``--only ud,xnli``) and a
+    wall time that says it is an estimate (no GPU measurement exists)."""
+    from xalign import colab
+
+    P, ref = load_params("params/colab-bloom-560m.yaml"), load_params("params/bloom-560m.yaml")
+    assert P.checkpoints == ref.checkpoints and P.data.treebanks == ref.data.treebanks
+    assert (P.extraction.layers, P.extraction.sweep_layers) == (ref.extraction.layers, ref.extraction.sweep_layers)
+    assert P.probe.k == 50 and P.probe.attributes == ref.probe.attributes
+    t = P.transfer
+    assert (t.pos_train, t.xnli_train) == ("treebank", "xnli_dev")  # no mnli / udpos fetch step needed
+    assert "--only\", \"ud,xnli" in Path(colab.__file__).read_text()
+    assert (t.qlora, t.lr, t.batch_size, t.grad_accum, t.lora_r) == (True, 2e-5, 8, 4, 8)
+    header = Path("params/colab-bloom-560m.yaml").read_text().split("params:")[0]
+    assert "AN ESTIMATE, NOT MEASURED" in header
