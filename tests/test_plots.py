@@ -252,3 +252,29 @@ def test_overlap_figures_draw_intervals_ceiling_and_drops():
     assert len(drops) == 1 and drops[0].get_offsets().tolist() == [[1000.0, 0.1]]
     bare = plots.fig_overlap_vs_step(avg.drop(columns=["overlap_lo", "overlap_hi", "self_overlap_rate"])).axes[0]
     assert not [c for c in bare.collections if isinstance(c, PolyCollection)]
+
+
+def test_step_axis_labels_checkpoints_without_overlap():
+    """Ticks at the checkpoints' steps (BLOOM-560m's series), compact labels, none overlapping
+    (a label too close to the previous one is left blank; its tick stays)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from xalign.plots import _step_axis
+
+    steps = [1000, 10000, 100000, 200000, 300000, 400000, 500000, 600000]
+    shown = {}
+    for width in (4, 12):
+        fig = Figure(figsize=(width, 3))
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        ax.plot(steps, range(len(steps)))
+        _step_axis(ax, steps)
+        assert list(ax.get_xticks()) == steps
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels[:3] == ["1k", "10k", "100k"]
+        fig.canvas.draw()
+        boxes = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_text()]
+        assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:]))
+        shown[width] = [lab for lab in labels if lab]
+    assert len(shown[4]) < len(shown[12]) and "200k" in shown[12]  # thinned only where needed

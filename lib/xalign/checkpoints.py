@@ -22,11 +22,12 @@ the stages downstream only need ``hidden_states``. Sizes are read from the confi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 
@@ -484,11 +485,27 @@ def load_model(ckpt: Checkpoint, dtype: str = "float32"):
     if getattr(config, "model_type", None) == "bloom":
         kw["attn_implementation"] = "eager"
     try:
-        model = AutoModel.from_pretrained(folder, config=config, dtype=_DTYPES[dtype], **kw)
+        with _no_loading_bar():
+            model = AutoModel.from_pretrained(folder, config=config, dtype=_DTYPES[dtype], **kw)
     except Exception as e:
         raise _load_error(ckpt, "model", e) from None
     model.eval()
     return model, load_tokenizer(ckpt, tok_folder)
+
+
+@contextlib.contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """transformers' "Loading weights" bar off (one per model load: noise in a notebook cell
+    and in the stage logs), restored after; its warnings (e.g. weights not initialised) stay."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def weights_hash(ckpt: Checkpoint) -> str:

@@ -61,13 +61,53 @@ def _with_steps(df: pd.DataFrame, what: str) -> pd.DataFrame:
 
 
 def _step_axis(ax, steps: Iterable[float]) -> None:
+    """Log-scale step axis, ticked at the checkpoints' steps with compact labels (``40``,
+    ``1.5k``, ``600k``); a label that would run into the previous one at the axis' width is
+    left out (its tick stays); no minor ticks."""
     steps = np.asarray(list(steps), dtype=float)
     pos = steps[steps > 0]
     if (steps <= 0).any():
         ax.set_xscale("symlog", linthresh=float(pos.min()) if pos.size else 1.0)
     else:
         ax.set_xscale("log")
+    ticks = sorted(set(steps[np.isfinite(steps)].tolist()))
+    ax.set_xticks(ticks, _thinned_labels(ax, ticks))
+    ax.minorticks_off()
     ax.set_xlabel(STEP_LABEL)
+
+
+def _thinned_labels(ax, ticks: list[float]) -> list[str]:
+    """Compact labels for ``ticks`` on a log axis, blank where a label would overlap the last
+    one kept: widths estimated from the tick font (0.6 em per character, 30% margin) and
+    the axis' width in inches (at 85%: constrained layout shrinks it)."""
+    from matplotlib.font_manager import FontProperties
+    import matplotlib as mpl
+
+    pos = [t for t in ticks if t > 0]
+    if len(pos) < 2:
+        return [_compact(t) for t in ticks]
+    decades = max(np.log10(max(pos)) - np.log10(min(pos)), 1e-9) * 1.1  # margins
+    inch_per_decade = ax.get_position().width * ax.figure.get_figwidth() * 0.85 / decades
+    em = FontProperties(size=mpl.rcParams["xtick.labelsize"]).get_size_in_points() / 72
+    labels, last = [], None
+    for t in ticks:
+        lab = _compact(t)
+        if last is not None and t > 0 and last[0] > 0:
+            need = 1.3 * 0.6 * em * (len(lab) + len(last[1])) / 2
+            if (np.log10(t) - np.log10(last[0])) * inch_per_decade < need:
+                labels.append("")
+                continue
+        labels.append(lab)
+        last = (t, lab)
+    return labels
+
+
+def _compact(step: float) -> str:
+    """``5`` → "5", ``1500`` → "1.5k", ``600000`` → "600k", ``2e6`` → "2M"."""
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(step) >= div:
+            return f"{step / div:.3g}{suffix}"
+    return f"{step:.3g}"
 
 
 def _chance_lines(ax, values: Iterable[float], vertical: bool = False) -> None:
@@ -134,7 +174,8 @@ def _fig_legend(fig: Figure, axes: list, title: str, first: Sequence[str] = ()) 
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
     labels = [l for l in first if l in seen] + [l for l in seen if l not in first]
-    fig.legend([seen[l] for l in labels], labels, loc="outside right upper", fontsize="small", title=title)
+    # centred on the right: "upper" ran into the suptitle, which spans the whole figure
+    fig.legend([seen[l] for l in labels], labels, loc="outside right center", fontsize="small", title=title)
 
 
 def _tasks(tasks: Iterable[str]) -> list[str]:
