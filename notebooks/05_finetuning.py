@@ -63,17 +63,98 @@ from xalign.stats import DEFAULT_METRICS
 
 P = notebook.setup(params, overrides, missing_upstream, stage="transfer", namespace=globals())
 
+# %% [markdown]
+# ## One fine-tuning run, inline
+#
+# Before the sweep, the method on **one** unit of this stage: one checkpoint, one task, one
+# fine-tuning seed (by default the last checkpoint, POS if the run fine-tunes on it, and the
+# first seed of `transfer.seeds`; pass `checkpoint=`, `task=`, `seed=` to `wt.finetune_one` for
+# another). It is trained exactly as the stage trains it: the checkpoint's weights from
+# `checkpoints.json` (stage 2), the English training and dev sets and the target evaluation
+# sets capped as `transfer.max_train_examples` / `max_eval_examples` say, the stage's
+# `TransferConfig` and `params.threads` torch threads. Nothing is written to the run. It costs
+# the time of one unit of the sweep (seconds on the built-in slice; on a Hub model with the
+# paper's settings, as long as that unit takes on this machine).
+
+# %%
+from IPython.display import display  # noqa: E402
+
+from xalign.walkthrough import transfer as wt  # noqa: E402
+
+one = wt.finetune_one(P)
+print(one.describe())
+one.sizes
+
+# %% [markdown]
+# **Model selection on English dev.** A randomly initialised classification head (17 UPOS tags
+# for POS, 3 labels for XNLI) and LoRA adapters are trained with AdamW on English only (the
+# learning rate decays linearly to 0); the base weights stay frozen. Every
+# `transfer.eval_every` optimiser steps (or once per epoch) the model is scored on English dev
+# (POS: seqeval F1; XNLI: accuracy), and the adapters and head of the **first best**
+# evaluation are kept: the targets are scored with those parameters, never with the last
+# ones. No target-language data is seen before the zero-shot evaluation, so selection cannot
+# leak the targets into the score.
+#
+# How many evaluations there are is the params' choice: with `transfer.eval_every: null` and
+# one epoch (the built-in slice) English dev is scored once, and the curve is a single point;
+# the paper scores it every 100 (POS) or 500 (XNLI) steps.
+
+# %%
+wt.show(wt.fig_dev_curve(one.history, title=f"{one.task} at {one.checkpoint}: English dev score per evaluation "
+                                            f"(fine-tuning seed {one.seed})"))
+one.history
+
+# %% [markdown]
+# **Zero-shot scores.** The kept model is evaluated on each language's test set: `en-dev`
+# is the selection score itself, `en` the English test split (the source language, not a
+# target), the others are zero-shot transfer. Each score carries a 95% percentile-bootstrap
+# interval over sentences (POS) or premise-hypothesis pairs (XNLI): with a few dozen examples
+# per language, as in the built-in slice, two languages whose intervals overlap are not
+# distinguishable.
+
+# %%
+wt.show(wt.fig_scores(one.results, title=f"{one.task} at {one.checkpoint}: zero-shot scores (seed {one.seed})"))
+wt.scores_table(one.results).round(3)
+
+# %% [markdown]
+# ## The sweep
+#
+# The stage runner does the above for every (checkpoint, task, fine-tuning seed), reusing any
+# unit whose checkpoint weights, data files and params are unchanged, and writes
+# `transfer/results_by_seed.parquet` (one row per unit, language and metric),
+# `transfer/results.{parquet,csv}` (their mean over seeds, with the spread over seeds) and
+# `transfer/dev_history.parquet` (every unit's English-dev curve). The inline unit is one of
+# its units: same seed, data and threads, so its numbers are the sweep's exactly (`abs_diff`
+# 0; on a GPU, nondeterministic kernels may leave a difference in the last digits).
+
 # %%
 summary = runs.run_transfer(P)
 res = summary.tables.get("transfer", pd.DataFrame())
+if len(res):
+    by_seed = pd.read_parquet(P.run_dir() / "transfer" / "results_by_seed.parquet")
+    cmp = wt.compare_with_sweep(one, by_seed)
+    print(f"inline vs sweep, {one.checkpoint}/{one.task}/seed-{one.seed}: max |difference| over "
+          f"{len(cmp)} (language, metric) rows = {cmp.abs_diff.max():.3g}")
+    display(cmp[cmp.metric == DEFAULT_METRICS[one.task]].round(4))
+else:
+    print("no transfer run:", "; ".join(summary.skipped))
+
+# %% [markdown]
+# Every unit's English-dev curve: where the kept step falls shows whether training was long
+# enough (a maximum at the last evaluation means more steps could still help) and whether
+# selection matters (a flat curve: any step would do).
+
+# %%
+if len(res):
+    hist = summary.tables["dev_history"]
+    wt.show(wt.fig_dev_curve(hist[(hist.task == one.task) & (hist.seed == one.seed)],
+                             title=f"{one.task}: English dev score per evaluation, every checkpoint (seed {one.seed})"))
 
 # %% [markdown]
 # Zero-shot scores per target language and checkpoint (POS seqeval F1, XNLI accuracy; `en-dev`
-# is the English dev score of the selected evaluation step):
+# is the English dev score of the selected evaluation step), mean over fine-tuning seeds:
 
 # %%
 if len(res):
     main = res[[m == DEFAULT_METRICS[t] for t, m in zip(res.task, res.metric)]]  # one metric per task
     display(main.pivot_table(index=["task", "language"], columns="step", values="value").round(3))
-else:
-    print("no transfer run:", "; ".join(summary.skipped))

@@ -65,6 +65,52 @@ from xalign import notebook, runs
 
 P = notebook.setup(params, overrides, missing_upstream, stage="correlation", namespace=globals())
 
+# %% [markdown]
+# ## One Table 1 cell, inline
+#
+# Before the sweep, **one** cell of the `per_layer` table, from the two tables stage 6 reads:
+# the overlap pairs of stage 4 (`overlap/pairs.parquet`: the rate |A ∩ B| / k of every
+# language pair's k selected neurons, mean over probe seeds) restricted to this run's
+# `extraction.layers`, checkpoints and `probe.attributes`, and the zero-shot scores of stage 5
+# (`transfer/results.parquet`, mean over fine-tuning seeds). By default: POS transfer, the
+# **average** kind, the last main layer and the POS overlap (pass `task=`, `kind=`, `layer=`,
+# `attribute=` to `wt.inline_cell` for another). Each point is one checkpoint: x its overlap
+# rate averaged over language pairs, y its transfer score averaged over the target languages
+# (English, the fine-tuning language, and `en-dev` are not targets). Pearson's r over these
+# points is the cell; its 95% interval by Fisher's z assumes independent points, which
+# checkpoints of one training run are not, so read it as optimistic.
+
+# %%
+from IPython.display import display  # noqa: E402
+
+from xalign.walkthrough import transfer as wt  # noqa: E402
+
+pairs, transfer = wt.load_cell_inputs(P)
+cell = wt.default_cell(P)
+pts, one = wt.inline_cell(pairs, transfer, **cell)
+print(f"{cell}: {len(pts)} points (checkpoints), r = {one.r:.3f} (p = {one.p:.3g}), "
+      f"Fisher-z 95% interval [{one.r_lo:.2f}, {one.r_hi:.2f}]")
+wt.show(wt.fig_cell(pairs, transfer, one))
+pts.round(4)
+
+# %% [markdown]
+# The **pairwise** kind of the same cell: one point per (checkpoint, target language), x the
+# English–target overlap rate, y that target's own score. A language's points over
+# checkpoints are not independent (they share the language), hence the cluster bootstrap over
+# languages in the sweep's table.
+
+# %%
+pts_pw, one_pw = wt.inline_cell(pairs, transfer, **{**cell, "kind": "pairwise"})
+print(f"pairwise: {len(pts_pw)} points over {pts_pw.language.nunique()} target languages, r = {one_pw.r:.3f}")
+wt.show(wt.fig_cell(pairs, transfer, one_pw))
+
+# %% [markdown]
+# ## The sweep
+#
+# The stage runner computes every cell, by both recipes, with the uncertainty columns, and
+# writes `correlation/table1.{parquet,csv,md}` (the recipe `correlation.recipe` names) and
+# `correlation/table1_<other recipe>.*`. The inline cells are rows of the `per_layer` table.
+
 # %%
 summary = runs.run_correlation(P)
 if "table1" in summary.tables:
@@ -74,6 +120,32 @@ if "table1" in summary.tables:
     display(summary.tables["table1"].round(3))
 else:
     print("no correlation table:", "; ".join(summary.skipped))
+
+# %%
+tables = {(P.correlation.recipe if name == "table1" else name.removeprefix("table1_")): t
+          for name, t in summary.tables.items()}
+if "per_layer" in tables:
+    for c in (one, one_pw):
+        row = wt.table_row(tables["per_layer"], c)
+        print(f"{c.task} {c.kind} ℓ = {c.layer} {c.attribute}: inline r = {c.r:.6f}, n = {c.n}; "
+              f"sweep r = {row.r:.6f}, n = {row.n}")
+
+# %% [markdown]
+# ## The scatter behind every cell
+#
+# Each panel is one row of a table: its points (pairwise rows coloured by target language,
+# each point labelled with its checkpoint's training step), the least-squares line, and the
+# table's r with its Fisher-z interval and n in the title. A handful of points can give a
+# large |r| by chance, and overlap and transfer both trend with training, so a panel whose
+# points line up along the training steps says "both grow with training", not more (the
+# partial r for log step in the table controls for that). `check_cells` recomputes every r
+# from the drawn points: `same` is True when it equals the table's.
+
+# %%
+for recipe, t in sorted(tables.items()):
+    print(f"recipe {recipe}: {len(t)} cells")
+    wt.show(wt.fig_cells(pairs, transfer, t, recipe=recipe), dpi=70)
+    display(wt.check_cells(pairs, transfer, t, recipe).round(4))
 
 # %%
 from xalign.stats import survives  # noqa: E402

@@ -1076,7 +1076,7 @@ def _check_eval_sets(eval_sets: dict, task: str) -> None:
 def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentence],
                  eval_sets: dict[str, list[PosSentence]], config: TransferConfig, *,
                  revision: str | None = None, tokenizer_path: str | None = None,
-                 resume: ResumeFile | None = None) -> pd.DataFrame:
+                 resume: ResumeFile | None = None, history: list | None = None) -> pd.DataFrame:
     """(Q)LoRA-fine-tune a checkpoint for UPOS tagging on English, evaluate zero-shot per treebank.
 
     Paper: Wang et al. (2024), zero-shot POS transfer (train on English UD, F1 on each
@@ -1095,6 +1095,12 @@ def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentenc
             ``tokenizer_path`` is None.
         tokenizer_path: tokenizer folder/id if not the model's.
         resume: save the training state at each evaluation there, and continue from it.
+        history: a list to receive the English-dev evaluation history (appended to, after
+            training): one dict per evaluation, in order, ``{"step": optimiser steps done
+            (1-based, counted over all epochs), "epoch": 1-based epoch, "dev_score": the
+            selection score on English dev}`` (seqeval F1 in [0, 1] for POS, accuracy for
+            XNLI). Evaluations before a resume are included (they are saved in ``resume``).
+            The kept parameters are those of the first evaluation with the maximum score.
 
     Returns:
         DataFrame with one row per (language, metric in :data:`POS_METRICS`: "accuracy",
@@ -1136,6 +1142,7 @@ def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentenc
             return res[0]["f1"], res
 
         pr = _train(model, _EncodedTrain(tr, True), dev_eval, config, pad, device, "pos", resume)
+        _report_history(pr, history)
         rows = []
         for lang, enc in [(DEV_LANGUAGE, dv), *evs.items()]:
             res = pr.best_result if lang == DEV_LANGUAGE else score(enc, f"pos eval {lang}")
@@ -1154,7 +1161,8 @@ def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentenc
 
 def finetune_xnli(model_path: str, train: "pd.DataFrame | XnliTsvStream", dev: pd.DataFrame,
                   eval_sets: dict[str, pd.DataFrame], config: TransferConfig, *, revision: str | None = None,
-                  tokenizer_path: str | None = None, resume: ResumeFile | None = None) -> pd.DataFrame:
+                  tokenizer_path: str | None = None, resume: ResumeFile | None = None,
+                  history: list | None = None) -> pd.DataFrame:
     """(Q)LoRA-fine-tune a checkpoint for XNLI on English, evaluate zero-shot accuracy per language.
 
     Paper: Wang et al. (2024), zero-shot XNLI transfer. Input is ``premise <eos> hypothesis``
@@ -1163,6 +1171,7 @@ def finetune_xnli(model_path: str, train: "pd.DataFrame | XnliTsvStream", dev: p
 
     Args:
         model_path, revision, tokenizer_path, resume: as in :func:`finetune_pos`.
+        history: as in :func:`finetune_pos`; ``dev_score`` is English-dev accuracy in [0, 1].
         train: English training pairs: a table, or an :class:`XnliTsvStream` over MultiNLI
             (read batch by batch).
         dev: English table with columns premise, hypothesis, label (a string of
@@ -1210,6 +1219,7 @@ def finetune_xnli(model_path: str, train: "pd.DataFrame | XnliTsvStream", dev: p
             return res[0], res
 
         pr = _train(model, tr, dev_eval, config, pad, device, "xnli", resume)
+        _report_history(pr, history)
         rows = []
         for lang, enc in [(DEV_LANGUAGE, dv), *evs.items()]:
             res = pr.best_result if lang == DEV_LANGUAGE else score(enc, f"xnli eval {lang}")
@@ -1227,6 +1237,12 @@ def _tsv_line_bytes(df: pd.DataFrame) -> list[int]:
     table and a file of the same rows train identically."""
     return [len(f"{p}\t{h}\t{l}\n".encode("utf-8")) for p, h, l in
             zip(df["premise"], df["hypothesis"], df["label"])]
+
+
+def _report_history(pr: _Progress, history: list | None) -> None:
+    """Append ``pr``'s English-dev evaluations to ``history`` as dicts (see :func:`finetune_pos`)."""
+    if history is not None:
+        history.extend({"step": int(st), "epoch": int(ep), "dev_score": float(sc)} for st, ep, sc in pr.history)
 
 
 def _selection_columns(pr: _Progress) -> dict[str, int]:

@@ -2,12 +2,13 @@
 on every target language (Wang et al. 2024, Sec. 4.2; :mod:`xalign.transfer`).
 
 Wave 1: one unit per (checkpoint, task, fine-tuning seed of ``transfer.seeds``),
-``transfer/parts/<checkpoint>/<task>.seed-<seed>.parquet``,
-grouped per checkpoint and marked as needing a GPU; reused while the checkpoint's weights,
+``transfer/parts/<checkpoint>/<task>.seed-<seed>.parquet`` and its English-dev curve
+``<task>.seed-<seed>.history.parquet`` (:data:`HISTORY_COLUMNS`), grouped per checkpoint and marked as needing a GPU; reused while the checkpoint's weights,
 the training / evaluation files (their SHA-256) and the transfer params are unchanged.
 While a unit trains, ``<task>.resume.pt`` beside it holds the state of its last English-dev
 evaluation; a rerun after a kill continues from there. Wave 2: ``transfer/results_by_seed.parquet``,
-the parts concatenated, and ``transfer/results.{parquet,csv}``, their mean over seeds. With ``transfer.tasks: []`` there are no units, and the scheduler
+the parts concatenated, ``transfer/results.{parquet,csv}``, their mean over seeds, and
+``transfer/dev_history.parquet``, the units' dev curves concatenated. With ``transfer.tasks: []`` there are no units, and the scheduler
 removes the earlier results.
 """
 
@@ -27,6 +28,12 @@ from ._common import checkpoint_rows
 name, notebook, upstream = "transfer", "05_finetuning", ("extraction",)
 CODE = ("xalign.transfer", "xalign.data", "xalign.checkpoints", "xalign.stages.transfer")
 TASKS = ("pos", "xnli")
+#: Columns of ``transfer/dev_history.parquet``: one row per English-dev evaluation of a unit
+#: (checkpoint, its pre-training ``step``, task, fine-tuning seed); ``eval_step`` is the
+#: fine-tuning optimiser step (1-based, over all epochs) and ``epoch`` its 1-based epoch;
+#: ``dev_score`` the selection score (POS seqeval F1, XNLI accuracy, in [0, 1]); ``kept``
+#: marks the evaluation whose parameters were kept (the first maximum, the row's ``best_step``).
+HISTORY_COLUMNS = ["checkpoint", "step", "task", "seed", "eval_step", "epoch", "dev_score", "kept"]
 
 #: English training files written by the fetcher (``python -m xalign.data fetch --only <step>``).
 TRAIN_FILES = {"xtreme": ("udpos/en-ud-train.conllu", "udpos", "XTREME's English UD-POS train"),
@@ -104,7 +111,7 @@ def plan(ctx: Context) -> Iterator[list[Unit]]:
                           "data_seed": P.seed, "checkpoint": c["name"], "revision": c["revision"]}
                 dest = run / "transfer" / "parts" / c["name"] / f"{task}.seed-{seed}.parquet"
                 u = Unit(name, f"{c['name']}/{task}/seed-{seed}", config,
-                         {"weights": c["weights_sha256"], "data": data_sha[task]}, (dest,), finetune,
+                         {"weights": c["weights_sha256"], "data": data_sha[task]}, (dest, history_path(dest)), finetune,
                          {"P": P, "c": c, "task": task, "seed": seed, "dest": dest}, code,
                          Resources(gpu=True, group=c["name"]))
                 u.args["resume_key"] = u.identity
@@ -113,9 +120,16 @@ def plan(ctx: Context) -> Iterator[list[Unit]]:
         parts += group
     yield parts
     outs = (run / "transfer" / "results.parquet", run / "transfer" / "results.csv",
-            run / "transfer" / "results_by_seed.parquet")
-    yield [Unit(name, "results", {"parts": [u.key for u in parts]}, {u.key: ctx.sha(u.outputs[0]) for u in parts},
+            run / "transfer" / "results_by_seed.parquet", run / "transfer" / "dev_history.parquet")
+    inputs = {**{u.key: ctx.sha(u.outputs[0]) for u in parts},
+              **{f"{u.key}/history": ctx.sha(u.outputs[1]) for u in parts}}
+    yield [Unit(name, "results", {"parts": [u.key for u in parts]}, inputs,
                 outs, concat_parts, {"parts": [u.outputs[0] for u in parts], "dest": outs[0]}, code)]
+
+
+def history_path(dest: Path) -> Path:
+    """The dev-curve table beside a unit's result part: ``<task>.seed-<seed>.history.parquet``."""
+    return dest.with_name(f"{dest.stem}.history.parquet")
 
 
 def pos_sets(P: Any) -> tuple:
@@ -183,28 +197,50 @@ def finetune(P: Any, c: dict, task: str, seed: int, dest: Path, resume_key: str,
     model_dir, tok_dir = ck.local_files(ck.checkpoint_from_row(c))  # hub: download on demand
     resume = ResumeFile(dest.with_name(f"{dest.stem}.resume.pt"), resume_key)
     fn = finetune_pos if task == "pos" else finetune_xnli
-    df = fn(model_dir, *_sets(P, task), cfg, revision=None, tokenizer_path=tok_dir, resume=resume).assign(task=task)
+    history: list[dict] = []
+    df = fn(model_dir, *_sets(P, task), cfg, revision=None, tokenizer_path=tok_dir, resume=resume,
+            history=history).assign(task=task)
     df.insert(0, "step", c["step"])
     df.insert(0, "checkpoint", c["name"])
     df["seed"] = seed
+    write_table(history_table(history, c, task, seed, int(df["best_step"].iloc[0])), history_path(dest))
     write_table(df, dest)
     if release:
         release_weights(P, c)
     return {"rows": len(df)}
 
 
+def history_table(history: list[dict], c: dict, task: str, seed: int, best_step: int) -> pd.DataFrame:
+    """One unit's English-dev curve as :data:`HISTORY_COLUMNS` rows, from the ``history``
+    :func:`xalign.transfer.finetune_pos` / ``finetune_xnli`` fill (``step`` → ``eval_step``)."""
+    h = pd.DataFrame(history, columns=["step", "epoch", "dev_score"]).rename(columns={"step": "eval_step"})
+    h.insert(0, "seed", seed)
+    h.insert(0, "task", task)
+    h.insert(0, "step", c["step"])
+    h.insert(0, "checkpoint", c["name"])
+    h["kept"] = h["eval_step"] == best_step
+    return h.astype({"eval_step": "int64", "epoch": "int64", "dev_score": "float64", "kept": "bool"})[HISTORY_COLUMNS]
+
+
 def concat_parts(parts: list[Path], dest: Path) -> None:
     """``transfer/results_by_seed.parquet``: every part, in unit order; ``results.{parquet,csv}``:
-    the mean over fine-tuning seeds (:func:`xalign.transfer.mean_over_seeds`)."""
+    the mean over fine-tuning seeds (:func:`xalign.transfer.mean_over_seeds`);
+    ``dev_history.parquet``: every part's dev curve (:func:`history_path`), in unit order."""
     from ..transfer import mean_over_seeds
 
     dfs = [read_table(p) for p in parts]
     by_seed = pd.concat(dfs, ignore_index=True) if dfs else pd.DataFrame()
     write_table(by_seed, dest.with_name("results_by_seed.parquet"))
     write_table(mean_over_seeds(by_seed) if len(by_seed) else by_seed, dest, csv=True)
+    hs = [read_table(history_path(p)) for p in parts]
+    write_table(pd.concat(hs, ignore_index=True) if hs else pd.DataFrame(columns=HISTORY_COLUMNS),
+                dest.with_name("dev_history.parquet"))
 
 
 def gather(ctx: Context, s: StageSummary, units: list[Unit]) -> None:
-    """Table ``transfer``: zero-shot scores per (checkpoint, task, language)."""
+    """Table ``transfer``: zero-shot scores per (checkpoint, task, language); table
+    ``dev_history``: every unit's English-dev curve (:data:`HISTORY_COLUMNS`)."""
     f = ctx.run_dir / "transfer" / "results.parquet"
     s.tables["transfer"] = read_table(f) if units else pd.DataFrame()
+    h = f.with_name("dev_history.parquet")
+    s.tables["dev_history"] = read_table(h) if units and h.is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
