@@ -156,3 +156,36 @@ pairs = summary.tables["pairs"]
 last = pairs[pairs.checkpoint == pairs.sort_values("step").checkpoint.iloc[-1]]
 print(f"{int(last.significant.sum())} of {len(last)} pairs on {last.checkpoint.iloc[0]} are significant")
 last.sort_values(["significant", "overlap_rate"], ascending=False).head(15)
+
+# %% [markdown]
+# ## Does the overlap depend on the selector?
+#
+# The paper selects neurons with its probe (greedy, above). With `probe.compare_methods`,
+# stage 3 also ranks the neurons of every dataset and seed without greedy search:
+# **Probeless** (Antverg & Belinkov 2022: the summed absolute differences of the class means
+# of each dimension, no probe) and/or **weight mass** (a linear probe's |W|), and writes
+# `probing/methods.parquet`. The same latent probe scores every method's k neurons, so their
+# MI is comparable. First, how much each method agrees with greedy on the same dataset:
+# |A ∩ G| / k, averaged over checkpoints, languages and seeds, next to chance k/d
+# (`xalign.overlap.method_agreement`).
+
+# %%
+from xalign import overlap as ov  # noqa: E402
+
+f_methods = P.run_dir() / "probing" / "methods.parquet"
+methods = pd.read_parquet(f_methods) if f_methods.is_file() else pd.DataFrame()
+print(f"probe.compare_methods = {P.probe.compare_methods}: {len(methods)} rows in probing/methods.parquet"
+      + ("" if len(methods) else " (list e.g. [probeless] to compare)"))
+ov.method_agreement(methods).groupby(["attribute", "layer", "method"])[["agreement", "chance_rate"]].mean().round(3)
+
+# %% [markdown]
+# Then the cross-lingual overlap rate computed from each method's selections by the same
+# kernels as the sweep (pairs per seed, mean over pairs and seeds; `greedy` is the `average`
+# table above), per checkpoint, layer and attribute (`xalign.overlap.overlap_by_method`). If
+# the overlap also rises above chance under Probeless, the paper's observation does not hinge
+# on its probe. Overlap stage 4 and the correlation with transfer (notebook 06) use greedy only.
+
+# %%
+by_method = ov.overlap_by_method(methods, sel, alpha=P.overlap.alpha)
+by_method.pivot_table(index=["checkpoint", "layer", "attribute", "chance_rate"], columns="method",
+                      values="overlap_rate").round(3)

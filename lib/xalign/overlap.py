@@ -585,3 +585,96 @@ def overlap_changes(pairs: pd.DataFrame, alpha: float = 0.05, n_boot: int = 2000
             rows += family
     out = pd.DataFrame(rows, columns=CHANGE_COLUMNS)
     return out.astype({"step_from": "Int64", "step_to": "Int64", "significant": "bool", "drop": "bool"})
+
+
+# ---------------------------------------------------------------------------------------
+# other selection methods (probe.compare_methods; our addition: the paper uses greedy only)
+
+#: Columns of :func:`overlap_by_method`.
+METHOD_AVERAGE_COLUMNS = ["checkpoint", "step", "layer", "attribute", "method", "k", "d", "overlap_rate",
+                          "n_pairs", "n_seeds", "chance_rate", "n_significant"]
+#: Columns of :func:`method_agreement`.
+AGREEMENT_COLUMNS = ["checkpoint", "step", "layer", "attribute", "method", "k", "d", "agreement",
+                     "agreement_sd", "n_probes", "chance_rate"]
+
+
+def overlap_by_method(methods: pd.DataFrame, selections: pd.DataFrame | None = None,
+                      alpha: float = 0.05) -> pd.DataFrame:
+    """Average cross-lingual overlap rate per (checkpoint, layer, attribute, method).
+
+    Each method's selections (``probing/methods.parquet``, one row per probe and method;
+    with ``selections``, greedy's ``probing/selections.parquet`` as method ``"greedy"``) go
+    through the stage-4 kernels unchanged: :func:`overlap_pairs` per replicate (a seed's
+    selections against the same seed's, Holm over the group's pairs) and the mean over pairs
+    and replicates of :func:`average_overlap`, i.e. the point estimate of the stage's
+    ``average`` table (Wang et al. 2024, Sec. 3-4). So greedy's rows equal that table's
+    ``overlap_rate``, and a method's rows say whether the overlap depends on the selector.
+
+    Args:
+        methods: rows with ``method`` and the :func:`overlap_pairs` columns (``checkpoint,
+            step, layer, attribute, language, d, k, neurons``, replicate columns ``seed``,
+            ``split_seed`` when present). May be empty.
+        selections: the stage-3 greedy selections, or None.
+        alpha: family-wise error rate per group, in (0, 1).
+
+    Returns:
+        :data:`METHOD_AVERAGE_COLUMNS`: ``overlap_rate`` (fraction of k, mean over pairs and
+        replicates), ``n_pairs`` (distinct language pairs), ``n_seeds`` (replicates),
+        ``chance_rate`` k/d, ``n_significant`` (pairs above chance in every replicate, as
+        :func:`summarise_seeds`). Sorted by step, checkpoint, layer, attribute, method.
+
+    Raises:
+        ValueError: as :func:`overlap_pairs` (per method), or ``methods`` without ``method``.
+    """
+    if len(methods) and "method" not in methods.columns:
+        raise ValueError(f"overlap_by_method: methods table has no 'method' column (have {list(methods.columns)})")
+    frames = [df for df in (selections.assign(method="greedy") if selections is not None else None, methods)
+              if df is not None and len(df)]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["method"])
+    out = []
+    for method, g in table.groupby("method", sort=True):
+        by_seed = overlap_pairs(g.drop(columns="method"), alpha=alpha)
+        if by_seed.empty:
+            continue
+        avg = average_overlap(by_seed.drop(columns=_REPLICATE, errors="ignore"))
+        per_pair = summarise_seeds(by_seed).groupby(["checkpoint", "layer", "attribute"], sort=False)
+        keys = pd.MultiIndex.from_frame(avg[["checkpoint", "layer", "attribute"]])
+        avg["n_pairs"] = per_pair.size().reindex(keys).to_numpy()
+        avg["n_seeds"] = per_pair["n_seeds"].max().reindex(keys).to_numpy()
+        avg["n_significant"] = per_pair["significant"].sum().reindex(keys).to_numpy().astype("int64")
+        out.append(avg.assign(method=method))
+    if not out:
+        return pd.DataFrame(columns=METHOD_AVERAGE_COLUMNS)
+    return _sort(pd.concat(out, ignore_index=True)[METHOD_AVERAGE_COLUMNS], ["layer", "attribute", "method"])
+
+
+def method_agreement(methods: pd.DataFrame) -> pd.DataFrame:
+    """How often another method picks greedy's neurons, per (checkpoint, layer, attribute, method).
+
+    ``agreement_with_greedy`` of ``probing/methods.parquet`` is |A ∩ G| / k for one probe
+    (:func:`xalign.selection.selection_agreement`: the method's top k against greedy's on the
+    same dataset and seed); here its mean and sample sd over the group's probes (languages x
+    seeds x lemma-split seeds), next to chance k/d (two independent random k-subsets of d).
+
+    Args:
+        methods: rows with ``checkpoint, step, layer, attribute, method, k, d,
+            agreement_with_greedy``. May be empty.
+
+    Returns:
+        :data:`AGREEMENT_COLUMNS`, fractions of k; ``agreement_sd`` NaN for one probe.
+
+    Raises:
+        ValueError: a required column missing (one line naming them).
+    """
+    need = ["checkpoint", "step", "layer", "attribute", "method", "k", "d", "agreement_with_greedy"]
+    missing = [c for c in need if c not in methods.columns]
+    if len(methods) and missing:
+        raise ValueError(f"method_agreement: methods table is missing columns {missing}")
+    if methods.empty:
+        return pd.DataFrame(columns=AGREEMENT_COLUMNS)
+    g = methods.groupby(["checkpoint", "step", "layer", "attribute", "method"], sort=False, dropna=False)
+    out = g.agg(k=("k", "first"), d=("d", "first"), agreement=("agreement_with_greedy", "mean"),
+                agreement_sd=("agreement_with_greedy", "std"),
+                n_probes=("agreement_with_greedy", "size")).reset_index()
+    out["chance_rate"] = out["k"] / out["d"]
+    return _sort(out[AGREEMENT_COLUMNS], ["layer", "attribute", "method"])

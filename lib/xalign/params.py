@@ -251,6 +251,10 @@ class ExtractionParams(_Strict):
         return self
 
 
+#: Selection methods ``probe.compare_methods`` may list (greedy, the paper's, always runs).
+COMPARE_METHODS = ["probeless", "weight_mass"]
+
+
 class ProbeParams(_Strict):
     """Stage 3: latent-variable intrinsic probe (Stańczak et al. 2023) and greedy selection."""
 
@@ -291,10 +295,18 @@ class ProbeParams(_Strict):
     selection: Literal["greedy", "stability"] = "greedy"
     stability_resamples: int = Field(10, ge=0)
     stability_threshold: float = Field(0.6, gt=0, le=1)
+    #: other neuron-selection methods run next to the paper's greedy one on every probe (seed),
+    #: scored by the same latent probe (xalign.selection): "probeless" (Antverg & Belinkov
+    #: 2022, class-mean differences, no probe; ~0.1 s a dataset), "weight_mass" (linear-probe
+    #: weight mass; trains one more probe per seed). Rows in probing/methods.parquet with
+    #: agreement_with_greedy; overlap and correlation still use greedy only. []: none.
+    compare_methods: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_seeds(self) -> "ProbeParams":
         _check_seed_list("probe.seeds", self.seeds)
+        _check_list("probe.compare_methods", self.compare_methods, known=COMPARE_METHODS, what="method",
+                    empty_ok=True)
         _check_list("probe.attributes", self.attributes, known=ALL_ATTRIBUTES, what="attribute")
         _check_list("probe.sweep_attributes", self.sweep_attributes, known=ALL_ATTRIBUTES, what="attribute",
                     empty_ok=True)

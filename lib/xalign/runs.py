@@ -30,9 +30,10 @@ Layout of a run directory::
     data/summary.csv                  kept / skipped datasets with reasons
     skipped/<stage>.csv               a stage's skip reasons (the summary line counts them)
     vectors/<checkpoint>/<lang>.safetensors   layer_<l>: (n_words, d), word_index (stage 2)
-    probing/parts/<checkpoint>/<lang>.{selections,paths}.parquet   one unit of stage 3
+    probing/parts/<checkpoint>/<lang>.{selections,paths,methods}.parquet   one unit of stage 3
     probing/selections.parquet        one row per probe: selected neurons, MI, accuracy (stage 3)
     probing/paths.parquet             MI / accuracy at every greedy step
+    probing/methods.parquet           probe.compare_methods' selections, agreement with greedy
     overlap/pairs.parquet|csv         pairwise overlap rates, p-values (stage 4)
     overlap/average.csv               mean overlap per (checkpoint, layer, attribute)
     transfer/parts/<checkpoint>/<task>.seed-<seed>{,.history}.parquet   one unit of stage 5: scores, English-dev curve

@@ -14,7 +14,12 @@ is probed once per seed of ``probe.seeds`` (one batched computation,
 :func:`xalign.probe.train_probes`); rows carry ``seed``. ``paths.parquet`` gives per greedy
 step the dev log-likelihood gain and its standard error (``dev_gain``, ``dev_gain_se``).
 With ``probe.selection: stability``, ``stability.parquet`` has one stability selection per
-dataset (:func:`xalign.selection.stability_select`).
+dataset (:func:`xalign.selection.stability_select`). With ``probe.compare_methods``,
+``methods.parquet`` (and ``parts/<checkpoint>/<lang>.methods.parquet``) has per probe and
+listed method (``probeless``, ``weight_mass``) that method's k neurons, scored by the same
+latent probe as greedy's path, and ``agreement_with_greedy`` = |A ∩ G| / k
+(:func:`xalign.selection.selection_agreement`); see :func:`_method_rows`. Only greedy's
+selections feed the overlap and correlation stages.
 
 ``selections.parquet`` has per probe the selected neurons and normalised MI / accuracy on dev
 and test with the k neurons (``dev_mi`` ...) and with all d dimensions (``dev_mi_all`` ...;
@@ -99,13 +104,13 @@ def _probe_unit(P: Any, cfg, c: dict, lang: str, attrs: list[str], labels: pd.Da
     ``meta["layers"]`` (``probe.sweep_attributes``: the sweep layers only).
 
     Returns:
-        ``{"selections", "paths", "stability"}`` tables (``stability`` empty unless
-        ``probe.selection == "stability"``).
+        ``{"selections", "paths", "stability", "methods"}`` tables (``stability`` empty unless
+        ``probe.selection == "stability"``, ``methods`` unless ``probe.compare_methods``).
     """
     from ..probe import standardize
 
     pp = P.probe
-    rows: dict[str, list[dict]] = {"selections": [], "paths": [], "stability": []}
+    rows: dict[str, list[dict]] = {"selections": [], "paths": [], "stability": [], "methods": []}
     for attr, split_seed, lab in _datasets(labels, attrs):
         for layer in (layers_of or {}).get(attr, meta["layers"]):
             splits, values = probe_splits(lab, tensors, layer)
@@ -118,7 +123,7 @@ def _probe_unit(P: Any, cfg, c: dict, lang: str, attrs: list[str], labels: pd.Da
                 Xtr, Xdv, Xte = standardize(Xtr, Xdv, Xte)
             ident = {"checkpoint": c["name"], "step": c["step"], "layer": layer, "attribute": attr,
                      "language": lang, "split_seed": split_seed}
-            _probe_dataset(P, cfg, ident, d, values, (Xtr, ytr, Xdv, ydv, Xte, yte), rows)
+            _probe_dataset(P, cfg, ident, d, values, (Xtr, ytr, Xdv, ydv, Xte, yte), rows, skipped)
     return {name: pd.DataFrame(r) for name, r in rows.items()}
 
 
@@ -134,8 +139,9 @@ def _datasets(labels: pd.DataFrame, attrs: list[str]) -> Iterator[tuple[str, int
 
 
 def _probe_dataset(P: Any, cfg, ident: dict, d: int, values: list[str], data: tuple,
-                   rows: dict[str, list[dict]]) -> None:
-    """Every seed's probe and greedy selection of one dataset (and its stability selection)."""
+                   rows: dict[str, list[dict]], skipped: list[str] | None = None) -> None:
+    """Every seed's probe and greedy selection of one dataset (its stability selection, and
+    the ``probe.compare_methods`` selections: :func:`_method_rows`)."""
     from ..probe import train_probes
     from ..selection import greedy_select, retrained_mi, stability_select
 
@@ -162,12 +168,57 @@ def _probe_dataset(P: Any, cfg, ident: dict, d: int, values: list[str], data: tu
                                   "dev_gain": res.dev_gain[i], "dev_gain_se": res.dev_gain_se[i],
                                   "dev_mi": res.dev_mi[i], "test_mi": res.test_mi[i],
                                   "dev_acc": res.dev_acc[i], "test_acc": res.test_acc[i]})
+        rows["methods"] += _method_rows(pp, probe, res.neurons, seeded, d, len(values), data, skipped)
     if pp.selection == "stability":
         st = stability_select(probes, Xdv, ydv, k=pp.k, n_resamples=pp.stability_resamples,
                               threshold=pp.stability_threshold, seed=P.seed)
         rows["stability"].append({**ident, "d": d, "k": pp.k, "neurons": st.neurons,
                                   "frequency": [float(st.frequency[n]) for n in st.neurons],
                                   "n_runs": st.n_runs, "stable": st.stable})
+
+
+def _method_rows(pp: Any, probe: Any, greedy: list[int], seeded: dict, d: int, n_classes: int,
+                 data: tuple, skipped: list[str] | None) -> list[dict]:
+    """One ``methods`` row per method of ``probe.compare_methods`` for one probe (seed).
+
+    Each method (:func:`xalign.selection.probeless_select`, :func:`~xalign.selection.weight_mass_select`)
+    ranks the d dimensions on the training split as the probe sees it (z-scored with
+    ``probe.standardize``: Probeless's class-mean differences are then in train sd units)
+    and keeps its top k; its path is scored by
+    ``probe``, the latent probe whose greedy path gave ``greedy`` (``eval_probe=probe``), so
+    the MI / accuracy at k of every method, greedy's included, come from one probe and are
+    comparable. ``weight_mass`` trains its linear probe (NeuroX defaults) with the probe's seed.
+
+    Args:
+        pp: ``P.probe``. probe: the seed's trained :class:`~xalign.probe.LatentProbe`, W (d, C).
+        greedy: its k greedy neurons. seeded: the dataset's identity and ``seed``.
+        d: hidden size; n_classes: C. data: ``(Xtr, ytr, Xdv, ydv, Xte, yte)``, X (n, d), y (n,).
+        skipped: where a method that cannot run is noted (a class without training
+            examples: Probeless needs every class mean).
+
+    Returns:
+        Rows with the identity, ``d, k, method, neurons`` (k ints), ``dev_mi, test_mi``
+        (normalised MI in [0, 1]), ``dev_acc, test_acc`` at k and ``agreement_with_greedy``
+        in [0, 1] (chance k / d). [] without ``probe.compare_methods``.
+    """
+    from ..selection import probeless_select, selection_agreement, weight_mass_select
+
+    Xtr, ytr, Xdv, ydv, Xte, yte = data
+    if pp.compare_methods and int(torch.bincount(ytr, minlength=n_classes).min()) == 0:
+        if skipped is not None:
+            skipped.append(f"{seeded['checkpoint']}/L{seeded['layer']}/{seeded['attribute']}/{seeded['language']}"
+                           f"/seed {seeded['seed']}: compare_methods need every class in train")
+        return []
+    select = {"probeless": probeless_select, "weight_mass": weight_mass_select}
+    out = []
+    for method in pp.compare_methods:
+        res = select[method](Xtr, ytr, n_classes, Xdv, ydv, k=pp.k, X_test=Xte, y_test=yte,
+                             seed=probe.config.seed, eval_probe=probe)
+        out.append({**seeded, "d": d, "k": pp.k, "method": method, "neurons": [int(n) for n in res.neurons],
+                    "dev_mi": res.dev_mi[-1], "test_mi": res.test_mi[-1], "dev_acc": res.dev_acc[-1],
+                    "test_acc": res.test_acc[-1],
+                    "agreement_with_greedy": selection_agreement(list(res.neurons), [int(n) for n in greedy])})
+    return out
 
 
 def _jobs(ctx: Context, kept: pd.DataFrame, sweep_attrs: list[str]) -> list[tuple[dict, str, list, list, Path]]:
@@ -202,7 +253,7 @@ def _check_widths(P: Any, jobs: list) -> None:
 
 
 def plan(ctx: Context) -> Iterator[list[Unit]]:
-    """Parts per (checkpoint, language), then the stage's two tables.
+    """Parts per (checkpoint, language), then the stage's tables (:func:`_tables`).
 
     Raises:
         ValueError: ``probe.k`` larger than a checkpoint's hidden size.
@@ -221,7 +272,9 @@ def plan(ctx: Context) -> Iterator[list[Unit]]:
     code, parts = code_version(*CODE), []
     for c, lang, attrs, extra, f in jobs:
         lab = labels[(labels.language == lang) & labels.attribute.isin(attrs + extra)].reset_index(drop=True)
-        config = {**result_config(pp, {"attributes", "sweep_attributes"}), "attributes": attrs, "seed": P.seed,
+        # compare_methods absent while empty, so that units without it keep their identity
+        drop = {"attributes", "sweep_attributes"} | (set() if pp.compare_methods else {"compare_methods"})
+        config = {**result_config(pp, drop), "attributes": attrs, "seed": P.seed,
                   "checkpoint": c["name"], "language": lang}
         if extra:  # absent otherwise, so units without a sweep keep their identity
             config.update(sweep_attributes=extra, sweep_layers=P.extraction.sweep_layers)
@@ -255,7 +308,8 @@ def _require_datasets(attributes: list[str], kept: Any, summary: Any) -> None:
 
 def probe_part(P: Any, c: dict, lang: str, attrs: list[str], extra: list[str], vectors: Path, labels: Path,
                outputs: tuple[Path, ...]) -> dict:
-    """Train one (checkpoint, language)'s probes and write its selections and greedy paths."""
+    """Train one (checkpoint, language)'s probes and write its selections and greedy paths
+    (and its stability / methods tables, see :func:`_tables`)."""
     from ..probe import ProbeConfig
 
     pp = P.probe
@@ -275,12 +329,14 @@ def probe_part(P: Any, c: dict, lang: str, attrs: list[str], extra: list[str], v
 
 
 def _tables(pp: Any) -> tuple[str, ...]:
-    """The tables a part (and the stage) writes: ``stability`` only with ``probe.selection: stability``."""
-    return ("selections", "paths") + (("stability",) if pp.selection == "stability" else ())
+    """The tables a part (and the stage) writes: ``stability`` only with ``probe.selection: stability``,
+    ``methods`` only with ``probe.compare_methods``."""
+    return (("selections", "paths") + (("stability",) if pp.selection == "stability" else ())
+            + (("methods",) if pp.compare_methods else ()))
 
 
 def concat_parts(parts: list[tuple[Path, ...]], outputs: tuple[Path, ...]) -> dict:
-    """The stage's tables: every part's selections (and paths), in unit order."""
+    """The stage's tables: every part's selections (and paths, stability, methods), in unit order."""
     for i, dest in enumerate(outputs):
         dfs = [df for df in (read_table(p[i]) for p in parts) if len(df)]
         write_table(pd.concat(dfs, ignore_index=True) if dfs else pd.DataFrame(), dest)
@@ -288,9 +344,12 @@ def concat_parts(parts: list[tuple[Path, ...]], outputs: tuple[Path, ...]) -> di
 
 
 def gather(ctx: Context, s: StageSummary, units: list[Unit]) -> None:
-    """Table ``selections``: one row per probe (and seed); ``stability`` with stability selection."""
+    """Table ``selections``: one row per probe (and seed); ``stability`` with stability selection;
+    ``methods`` (one row per probe and compared method) with ``probe.compare_methods``."""
     f = ctx.run_dir / "probing" / "selections.parquet"
     s.tables["selections"] = read_table(f) if units else pd.DataFrame()
     f = ctx.run_dir / "probing" / "stability.parquet"
     if units and ctx.P.probe.selection == "stability":
         s.tables["stability"] = read_table(f)
+    if units and ctx.P.probe.compare_methods:
+        s.tables["methods"] = read_table(ctx.run_dir / "probing" / "methods.parquet")
