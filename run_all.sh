@@ -74,12 +74,12 @@ for params in "$@"; do
     # The terminal gets papermill's progress bar (one per stage) and the stage's summary line;
     # the cells' stdout and stderr go to logs/<stage>.log and .stderr.log, papermill's own
     # output (with the traceback of a failure, which the terminal does not get) to $log.
-    ( papermill "$out/$name.input.ipynb" "$out/$name.ipynb" -k python3 -f "$params" -p overrides "$overrides" \
+    ( papermill "$out/$name.input.ipynb" "$out/$name.ipynb" -k python3 --engine xalign --log-level WARNING -f "$params" -p overrides "$overrides" \
         -p missing_upstream error --cwd . --progress-bar \
         --stdout-file "$logs/$name.log" --stderr-file "$logs/$name.stderr.log" 2>&1 \
       | awk -v logf="$log" -v RS='[\r\n]' '{ print > logf; fflush(logf) }
                            /^Traceback \(most recent call last\):/ { hide = 1 }
-                           !hide { printf "%s", $0 (/cell\/s\]$/ ? "\r" : "\n"); fflush() }' >&2 ) &
+                           !hide { printf "%s", $0 (/(cell\/s|s\/cell)\]$/ ? "\r" : "\n"); fflush() }' >&2 ) &
     child=$!
     rc=0; wait "$child" || rc=$?
     child=""

@@ -55,7 +55,8 @@ def _one_torch_thread():
 def minimal_run(tmp_path_factory) -> Path:
     """``bash run_all.sh`` (every notebook through jupytext + papermill) on ``params/minimal.yaml``,
     once per session, into a temporary folder; returns that folder (``runs/minimal``,
-    ``figures/minimal`` and the params file ``minimal.yaml`` inside). Used by the end-to-end
+    ``figures/minimal``, the params file ``minimal.yaml`` and the terminal's output
+    ``run_all.stdout`` / ``run_all.stderr`` inside). Used by the end-to-end
     test and as the uninterrupted reference run of the resume/determinism tests."""
     import yaml
 
@@ -67,8 +68,11 @@ def minimal_run(tmp_path_factory) -> Path:
     pfile.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(["bash", str(REPO / "run_all.sh"), str(pfile)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+                          capture_output=True, timeout=900)  # bytes: text mode would turn \r into \n
+    out, err = (b.decode("utf-8", errors="replace") for b in (proc.stdout, proc.stderr))
+    assert proc.returncode == 0, out[-4000:] + err[-4000:]
+    (tmp / "run_all.stdout").write_bytes(proc.stdout)
+    (tmp / "run_all.stderr").write_bytes(proc.stderr)
     return tmp
 
 

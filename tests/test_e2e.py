@@ -15,6 +15,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.e2e
+def test_run_all_prints_one_bar_and_one_summary_per_stage(minimal_run: Path) -> None:
+    """The terminal of a headless run: per stage its header, papermill's progress bar (redrawn
+    with \\r), the stage's summary line and its time; no per-cell lines, no kernel transport
+    warning (``--engine xalign``: IPC), no papermill INFO lines, no Python warnings."""
+    import re
+
+    allowed = re.compile(r"^(== minimal: (\d\d_\w+( took [\d.]+ s)?|all stages took .*)"
+                         r"|\[[a-z_]+\] computed \d+, reused \d+.*; [\d.]+ s|Executing: .*(cell/s|s/cell)\])$")
+    text = "".join((minimal_run / f"run_all.{s}").read_bytes().decode() for s in ("stdout", "stderr"))
+    lines = [ln.split("\r")[-1] if not ln.endswith("\r") else ln.rstrip("\r").split("\r")[-1]
+             for ln in text.split("\n") if ln.strip("\r")]
+    unexpected = [ln for ln in lines if not allowed.match(ln)]
+    assert unexpected == [], unexpected[:10]
+    n_stages = len(list((REPO / "notebooks").glob("[0-9][0-9]_*.py")))
+    assert sum(ln.startswith("Executing: ") for ln in lines) == n_stages  # one bar each (its last state)
+    assert sum(bool(re.match(r"^\[[a-z_]+\] computed", ln)) for ln in lines) == n_stages
+    assert len(lines) == 4 * n_stages + 1
+
+
 def test_run_all_minimal(minimal_run: Path) -> None:
     tmp_path = minimal_run
     run = tmp_path / "runs" / "minimal"
