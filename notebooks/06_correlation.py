@@ -153,3 +153,32 @@ from xalign.stats import survives  # noqa: E402
 if "table1" in summary.tables:
     for _, row in summary.tables["table1"].iterrows():
         print("-", survives(row))
+
+# %% [markdown]
+# ## Does the conclusion depend on the probe?
+#
+# The overlaps above come from neurons the latent probe ranks and scores itself. With
+# `probe.compare_methods` (here: Probeless, Antverg & Belinkov 2022, a probe-free ranking by
+# class-mean differences), stage 3 also selected k neurons per probe by each method. The same
+# overlap and Table 1 computation on those selections (`xalign.stats.correlation_by_method`;
+# its `greedy` rows are the table above) says whether the overlap–transfer correlation is a
+# property of the model or of the probe: r per method, side by side, for the `per_layer`
+# recipe's average rows (one point per checkpoint).
+
+# %%
+import pandas as pd  # noqa: E402
+
+from xalign.stages._common import checkpoint_rows  # noqa: E402
+from xalign.stats import correlation_by_method  # noqa: E402
+
+f_methods = P.run_dir() / "probing" / "methods.parquet"
+if P.probe.compare_methods and f_methods.is_file() and len(transfer):
+    by_method = correlation_by_method(
+        pd.read_parquet(f_methods), pd.read_parquet(P.run_dir() / "probing" / "selections.parquet"), transfer,
+        recipe="per_layer", layers=P.extraction.layers, attributes=P.probe.attributes,
+        checkpoints=[c["name"] for c in checkpoint_rows(P.run_dir())])
+    avg_rows = by_method[by_method.kind == "average"] if "kind" in by_method else by_method
+    display(avg_rows.pivot_table(index=[c for c in ("task", "attribute", "layer") if c in avg_rows],
+                                 columns="method", values="r").round(3))
+else:
+    print("probe.compare_methods is empty (or no transfer results): greedy only")

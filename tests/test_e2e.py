@@ -262,3 +262,27 @@ def test_stopping_run_all_stops_its_stage(tmp_path, sig) -> None:
     left = [p for p in started if Path(f"/proc/{p}").exists()
             and Path(f"/proc/{p}/stat").read_text().split()[2] != "Z"]
     assert not left, f"processes left after stopping run_all.sh: {left}"
+
+
+def test_table1_per_method_greedy_rows_are_the_stages(minimal_run: Path) -> None:
+    """``stats.correlation_by_method`` on the minimal run (``probe.compare_methods:
+    [probeless]``): greedy's rows equal stage 6's Table 1 in both recipes; Probeless gets its own."""
+    from xalign.params import load_params
+    from xalign.stages._common import checkpoint_rows
+    from xalign.stats import correlation_by_method
+
+    P = load_params(minimal_run / "minimal.yaml")
+    run = P.run_dir()
+    methods, sel = (pd.read_parquet(run / "probing" / f"{t}.parquet") for t in ("methods", "selections"))
+    transfer = pd.read_parquet(run / "transfer" / "results.parquet")
+    assert set(methods.method) == {"probeless"}
+    for recipe in ("per_layer", "paper"):
+        t = correlation_by_method(methods, sel, transfer, recipe=recipe, layers=P.extraction.layers,
+                                  attributes=P.probe.attributes,
+                                  checkpoints=[c["name"] for c in checkpoint_rows(run)])
+        assert set(t.method) == {"greedy", "probeless"}
+        name = "table1" if recipe == P.correlation.recipe else f"table1_{recipe}"
+        stage = pd.read_parquet(run / "correlation" / f"{name}.parquet")
+        greedy = t[t.method == "greedy"].drop(columns="method").reset_index(drop=True)
+        pd.testing.assert_frame_equal(greedy[stage.columns], stage, check_dtype=False)
+        assert len(t[t.method == "probeless"]) == len(stage)

@@ -518,6 +518,55 @@ def correlation_table(pairs: pd.DataFrame, transfer: pd.DataFrame, *, source: st
     return out.astype({"layer": "int64", **_DTYPES})
 
 
+def correlation_by_method(methods: pd.DataFrame, selections: pd.DataFrame, transfer: pd.DataFrame, *,
+                          recipe: str = "per_layer", layers: Iterable[int] | None = None,
+                          attributes: Iterable[str] | None = None, checkpoints: Iterable[str] | None = None,
+                          alpha: float = 0.05) -> pd.DataFrame:
+    """Table 1 once per neuron-selection method: does the overlap-transfer correlation depend
+    on how neurons are picked (issue 15; Antverg & Belinkov 2022 on probe-based rankings)?
+
+    Each method's selections (stage 3's ``probing/methods.parquet``, and greedy's
+    ``selections.parquet`` as ``"greedy"``) go through the stage-4 and stage-6 computation
+    unchanged: :func:`xalign.overlap.overlap_pairs` per replicate,
+    :func:`xalign.overlap.summarise_seeds` over replicates (stage 4's ``pairs``), restricted to
+    ``layers`` / ``attributes`` / ``checkpoints`` as stage 6 restricts them, then
+    :func:`correlation_table` with ``recipe``. So the ``greedy`` rows equal the stage's Table 1.
+
+    Args:
+        methods: rows with ``method`` and the overlap columns (may be empty: greedy only).
+        selections: stage 3's greedy selections.
+        transfer: stage 5's results table.
+        recipe: "per_layer" or "paper" (:func:`correlation_table`).
+        layers, attributes, checkpoints: what stage 6 reads (``extraction.layers``,
+            ``probe.attributes``, the series' checkpoints); None: all.
+        alpha: family-wise error rate of the pairs' tests.
+
+    Returns:
+        ``method`` then the columns of :func:`correlation_table`, methods in name order.
+
+    Raises:
+        ValueError: ``methods`` without a ``method`` column, or as :func:`correlation_table`.
+    """
+    from xalign.overlap import overlap_pairs, summarise_seeds
+
+    if len(methods) and "method" not in methods.columns:
+        raise ValueError(f"correlation_by_method: methods table has no 'method' column (have {list(methods.columns)})")
+    table = pd.concat([selections.assign(method="greedy"), methods], ignore_index=True)
+    keep = pd.Series(True, index=table.index)
+    for col, values in (("layer", layers), ("attribute", attributes), ("checkpoint", checkpoints)):
+        if values is not None:
+            keep &= table[col].isin(list(values))
+    out = []
+    for method, g in table[keep].groupby("method", sort=True):
+        pairs = summarise_seeds(overlap_pairs(g.drop(columns="method"), alpha=alpha))
+        if len(pairs):
+            out.append(correlation_table(pairs, transfer, recipe=recipe).assign(method=method))
+    if not out:
+        return pd.DataFrame(columns=["method"])
+    res = pd.concat(out, ignore_index=True)
+    return res[["method"] + [c for c in res.columns if c != "method"]]
+
+
 def _is_final(df: pd.DataFrame) -> pd.Series:
     """Rows of the final model: checkpoint named :data:`FINAL`, or a step that is NaN."""
     final = df["checkpoint"] == FINAL
