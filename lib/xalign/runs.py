@@ -37,6 +37,7 @@ Layout of a run directory::
     overlap/pairs.parquet|csv         pairwise overlap rates, p-values (stage 4)
     overlap/average.csv               mean overlap per (checkpoint, layer, attribute)
     transfer/parts/<checkpoint>/<task>.seed-<seed>{,.history}.parquet   one unit of stage 5: scores, English-dev curve
+    transfer/parts/<checkpoint>/<task>.seed-<seed>.adapter/   its kept LoRA adapter + head (transfer.load_finetuned)
     transfer/results.parquet|csv      zero-shot transfer per (checkpoint, task, language) (stage 5)
     transfer/results_by_seed.parquet  the same per fine-tuning seed
     transfer/dev_history.parquet      every unit's English-dev score per evaluation

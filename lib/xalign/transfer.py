@@ -21,6 +21,10 @@ QLoRA (Dettmers et al. 2023: nf4 weights, double quantisation, ``prepare_model_f
   (an XNLI fine-tuning on MultiNLI is hours on a GPU) continues where it was;
 * POS is scored with word accuracy, seqeval's span F1 (what XTREME and the paper report)
   and macro F1 (:func:`pos_scores`);
+* the kept model (adapter + head) can be saved (``adapter_dir``, :func:`save_finetuned`),
+  reloaded as training loaded it (:func:`load_finetuned`) and scored with neurons of one
+  layer ablated (:func:`score_with_ablation`, :func:`xalign.ablation.ablate`): the groundwork
+  of the causal check of shared neurons (issue 15);
 * every score gets a 95% percentile bootstrap interval over the evaluation examples
   (``ci_low``, ``ci_high``): whole sentences for POS (:func:`pos_bootstrap_ci`, from
   per-sentence counts, :func:`pos_sentence_stats`), pairs for XNLI
@@ -701,10 +705,11 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load(model_path: str, task: str, labels: list[str], config: TransferConfig,
-          revision: str | None, tokenizer_path: str | None):
-    """Load tokenizer + classification model, wrap it in peft LoRA; returns (model, tok, device)."""
-    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+def _load_base(model_path: str, task: str, labels: list[str], config: TransferConfig,
+               revision: str | None, tokenizer_path: str | None):
+    """Tokenizer + classification model as fine-tuning loads it (float32, or QLoRA's nf4 and
+    ``prepare_model_for_kbit_training``), before any adapter; returns (model, tok, device, head name)."""
+    from peft import prepare_model_for_kbit_training
     from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification,
                               AutoTokenizer, BitsAndBytesConfig)
 
@@ -740,18 +745,27 @@ def _load(model_path: str, task: str, labels: list[str], config: TransferConfig,
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     else:
         model = model.to(device)
+    return model, tok, device, head[0]
+
+
+def _load(model_path: str, task: str, labels: list[str], config: TransferConfig,
+          revision: str | None, tokenizer_path: str | None):
+    """Load tokenizer + classification model, wrap it in peft LoRA; returns (model, tok, device)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    model, tok, device, head = _load_base(model_path, task, labels, config, revision, tokenizer_path)
     lora = LoraConfig(task_type=TaskType.TOKEN_CLS if task == "pos" else TaskType.SEQ_CLS,
                       r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.target_modules), modules_to_save=[head[0]])
+                      target_modules=list(config.target_modules), modules_to_save=[head])
     try:
         with warnings.catch_warnings():  # peft 0.21 calls a transformers-5-deprecated property
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = get_peft_model(model, lora)
     except ValueError as e:  # e.g. target modules not found in this architecture
         raise ValueError(f"{model_path}: peft LoRA setup failed: {str(e).splitlines()[0]}") from None
-    head_params = [n for n, p in model.named_parameters() if p.requires_grad and f"{head[0]}.modules_to_save" in n]
+    head_params = [n for n, p in model.named_parameters() if p.requires_grad and f"{head}.modules_to_save" in n]
     if not head_params:  # pragma: no cover - guards a peft behaviour change
-        raise RuntimeError(f"{model_path}: classification head {head[0]!r} is not trainable after peft wrapping")
+        raise RuntimeError(f"{model_path}: classification head {head!r} is not trainable after peft wrapping")
     return model, tok, device
 
 
@@ -808,6 +822,28 @@ def _predict(model, enc: _Encoded, token_level: bool, pad_id: int, device, batch
             for r, i in enumerate(idx):
                 out[i] = int(pred[r])
     return out
+
+
+def _score_pos(model, enc: _Encoded, pad_id: int, device, config: TransferConfig,
+               desc: str) -> tuple[dict[str, float], int, PosSentenceStats]:
+    """POS scores of one encoded set: (:func:`pos_scores` dict, sentences scored, per-sentence stats).
+
+    Raises:
+        ValueError: no word of the set fits in ``config.max_length``.
+    """
+    pred_ids = _predict(model, enc, True, pad_id, device, config.eval_batch_size, desc)
+    gold = [g for g in enc.gold_tags if g]
+    pred = [[POS_LABELS[i] for i in p] for p, g in zip(pred_ids, enc.gold_tags) if g]
+    if not gold:
+        raise ValueError(f"pos: {desc}: no word fits in max_length={config.max_length}")
+    return pos_scores(gold, pred), len(gold), pos_sentence_stats(gold, pred)
+
+
+def _score_xnli(model, enc: _Encoded, pad_id: int, device, config: TransferConfig,
+                desc: str) -> tuple[float, np.ndarray]:
+    """XNLI accuracy of one encoded set and the (n,) bool vector of correct pairs."""
+    pred = _predict(model, enc, False, pad_id, device, config.eval_batch_size, desc)
+    return _accuracy(enc.labels, pred), np.asarray(enc.labels) == np.asarray(pred)
 
 
 def _length_bucketed_batches(sizes: Sequence[int], keep: list[int], batch_size: int, gen: torch.Generator,
@@ -1076,7 +1112,8 @@ def _check_eval_sets(eval_sets: dict, task: str) -> None:
 def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentence],
                  eval_sets: dict[str, list[PosSentence]], config: TransferConfig, *,
                  revision: str | None = None, tokenizer_path: str | None = None,
-                 resume: ResumeFile | None = None, history: list | None = None) -> pd.DataFrame:
+                 resume: ResumeFile | None = None, history: list | None = None,
+                 adapter_dir: str | Path | None = None) -> pd.DataFrame:
     """(Q)LoRA-fine-tune a checkpoint for UPOS tagging on English, evaluate zero-shot per treebank.
 
     Paper: Wang et al. (2024), zero-shot POS transfer (train on English UD, F1 on each
@@ -1101,6 +1138,8 @@ def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentenc
             selection score on English dev}`` (seqeval F1 in [0, 1] for POS, accuracy for
             XNLI). Evaluations before a resume are included (they are saved in ``resume``).
             The kept parameters are those of the first evaluation with the maximum score.
+        adapter_dir: if given, the kept adapter + classification head are saved there
+            (:func:`save_finetuned`, written atomically) for :func:`load_finetuned`.
 
     Returns:
         DataFrame with one row per (language, metric in :data:`POS_METRICS`: "accuracy",
@@ -1130,12 +1169,7 @@ def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentenc
         pad = tok.pad_token_id
 
         def score(enc: _Encoded, desc: str) -> tuple[dict[str, float], int, PosSentenceStats]:
-            pred_ids = _predict(model, enc, True, pad, device, config.eval_batch_size, desc)
-            gold = [g for g in enc.gold_tags if g]
-            pred = [[POS_LABELS[i] for i in p] for p, g in zip(pred_ids, enc.gold_tags) if g]
-            if not gold:
-                raise ValueError(f"pos: {desc}: no word fits in max_length={L}")
-            return pos_scores(gold, pred), len(gold), pos_sentence_stats(gold, pred)
+            return _score_pos(model, enc, pad, device, config, desc)
 
         def dev_eval() -> tuple[float, tuple[dict[str, float], int, PosSentenceStats]]:
             res = score(dv, "pos en-dev")
@@ -1143,6 +1177,8 @@ def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentenc
 
         pr = _train(model, _EncodedTrain(tr, True), dev_eval, config, pad, device, "pos", resume)
         _report_history(pr, history)
+        if adapter_dir is not None:
+            save_finetuned(model, adapter_dir, "pos", config)
         rows = []
         for lang, enc in [(DEV_LANGUAGE, dv), *evs.items()]:
             res = pr.best_result if lang == DEV_LANGUAGE else score(enc, f"pos eval {lang}")
@@ -1162,7 +1198,7 @@ def finetune_pos(model_path: str, train: list[PosSentence], dev: list[PosSentenc
 def finetune_xnli(model_path: str, train: "pd.DataFrame | XnliTsvStream", dev: pd.DataFrame,
                   eval_sets: dict[str, pd.DataFrame], config: TransferConfig, *, revision: str | None = None,
                   tokenizer_path: str | None = None, resume: ResumeFile | None = None,
-                  history: list | None = None) -> pd.DataFrame:
+                  history: list | None = None, adapter_dir: str | Path | None = None) -> pd.DataFrame:
     """(Q)LoRA-fine-tune a checkpoint for XNLI on English, evaluate zero-shot accuracy per language.
 
     Paper: Wang et al. (2024), zero-shot XNLI transfer. Input is ``premise <eos> hypothesis``
@@ -1172,6 +1208,7 @@ def finetune_xnli(model_path: str, train: "pd.DataFrame | XnliTsvStream", dev: p
     Args:
         model_path, revision, tokenizer_path, resume: as in :func:`finetune_pos`.
         history: as in :func:`finetune_pos`; ``dev_score`` is English-dev accuracy in [0, 1].
+        adapter_dir: as in :func:`finetune_pos`.
         train: English training pairs: a table, or an :class:`XnliTsvStream` over MultiNLI
             (read batch by batch).
         dev: English table with columns premise, hypothesis, label (a string of
@@ -1211,8 +1248,7 @@ def finetune_xnli(model_path: str, train: "pd.DataFrame | XnliTsvStream", dev: p
         pad = tok.pad_token_id
 
         def score(enc: _Encoded, desc: str) -> tuple[float, np.ndarray]:
-            pred = _predict(model, enc, False, pad, device, config.eval_batch_size, desc)
-            return _accuracy(enc.labels, pred), np.asarray(enc.labels) == np.asarray(pred)
+            return _score_xnli(model, enc, pad, device, config, desc)
 
         def dev_eval() -> tuple[float, tuple[float, np.ndarray]]:
             res = score(dv, "xnli en-dev")
@@ -1220,6 +1256,8 @@ def finetune_xnli(model_path: str, train: "pd.DataFrame | XnliTsvStream", dev: p
 
         pr = _train(model, tr, dev_eval, config, pad, device, "xnli", resume)
         _report_history(pr, history)
+        if adapter_dir is not None:
+            save_finetuned(model, adapter_dir, "xnli", config)
         rows = []
         for lang, enc in [(DEV_LANGUAGE, dv), *evs.items()]:
             res = pr.best_result if lang == DEV_LANGUAGE else score(enc, f"xnli eval {lang}")
@@ -1230,6 +1268,197 @@ def finetune_xnli(model_path: str, train: "pd.DataFrame | XnliTsvStream", dev: p
     if resume:
         resume.remove()
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# The kept model: saved adapters, reloading, evaluation under ablation (issue 15)
+# ---------------------------------------------------------------------------------------
+#: File beside peft's ``adapter_config.json`` naming the task, labels and loading settings.
+ADAPTER_INFO = "xalign_transfer.json"
+#: Labels of each task, in the order of the classifier's outputs.
+TASK_LABELS: dict[str, list[str]] = {"pos": POS_LABELS, "xnli": XNLI_LABELS}
+
+
+def _check_task(task: str) -> list[str]:
+    if task not in TASK_LABELS:
+        raise ValueError(f"task: {task!r} is not one of {sorted(TASK_LABELS)}")
+    return TASK_LABELS[task]
+
+
+def save_finetuned(model, adapter_dir: str | Path, task: str, config: TransferConfig) -> Path:
+    """Save a fine-tuned ``PeftModel`` (its LoRA adapter and, through peft's
+    ``modules_to_save``, the full classification head) to the folder ``adapter_dir``.
+
+    peft's ``save_pretrained`` (``adapter_config.json``, ``adapter_model.safetensors``; its
+    ``README.md`` model card is dropped) plus :data:`ADAPTER_INFO` (task, labels, ``qlora``, ``compute_dtype``,
+    ``max_length``, ``seed``). Atomic: written into a temporary sibling folder
+    (``.<name>.~<host>~<pid>~<random>.tmp``) that is renamed into place; an existing folder is
+    replaced, and on any error ``adapter_dir`` is left as it was. Temporary folders of dead
+    writers on this host for the same name are removed first.
+
+    Raises:
+        ValueError: unknown ``task``.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from .store import _OWNER_RE, _owner, _pid_alive
+
+    labels = _check_task(task)
+    dest = Path(adapter_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    host = _OWNER_RE.search(_owner()).group(1)
+    for old in dest.parent.glob(f".{dest.name}.~*.tmp"):
+        m = _OWNER_RE.search(old.name)
+        if old.is_dir() and m and m.group(1) == host and not _pid_alive(int(m.group(2))):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{_owner()}.", suffix=".tmp", dir=dest.parent))
+    aside = dest.with_name(f".{dest.name}.{_owner()}.old.tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save_pretrained(str(tmp))
+        info = {"task": task, "labels": labels, "qlora": config.qlora, "compute_dtype": config.compute_dtype,
+                "max_length": config.max_length, "seed": config.seed}
+        (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        (tmp / "README.md").unlink(missing_ok=True)  # peft's model card: not needed to load, names local paths
+        mask = _umask()
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~mask)  # safetensors writes 0600
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp creates 0700
+        if dest.exists():
+            os.replace(dest, aside)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
+    return dest
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _read_adapter_info(adapter_dir: Path, task: str, config: TransferConfig) -> dict:
+    """The :data:`ADAPTER_INFO` of a saved adapter, checked against ``task`` and ``config``."""
+    import json
+
+    f = adapter_dir / ADAPTER_INFO
+    if not (adapter_dir / "adapter_config.json").is_file() or not f.is_file():
+        raise FileNotFoundError(f"{adapter_dir}: not a saved transfer adapter (no adapter_config.json "
+                                f"or {ADAPTER_INFO}); stage 5 writes <task>.seed-<seed>.adapter/")
+    try:
+        info = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{f}: unreadable ({type(e).__name__})") from None
+    for field, want in (("task", task), ("labels", TASK_LABELS[task]), ("qlora", config.qlora)):
+        if not isinstance(info, dict) or info.get(field) != want:
+            got = info.get(field) if isinstance(info, dict) else None
+            raise ValueError(f"{f}: field {field!r} is {got!r}, expected {want!r}")
+    return info
+
+
+def load_finetuned(model_path: str, adapter_dir: str | Path, task: str, config: TransferConfig, *,
+                   tokenizer_path: str | None = None, revision: str | None = None):
+    """Reload a model saved by :func:`finetune_pos` / :func:`finetune_xnli` (``adapter_dir``).
+
+    The base checkpoint is loaded as fine-tuning loaded it (float32, or with ``config.qlora``
+    nf4 weights, double quantisation and ``config.compute_dtype``; the head never quantised),
+    then peft's ``PeftModel.from_pretrained`` puts the saved LoRA adapter and head on it.
+    The model is in eval mode and not trainable; its zero-shot scores (:func:`score_with_ablation`
+    with no neurons) equal the ones the fine-tuning run reported (same device and threads).
+    Wang et al. 2024, Sec. 4.2 (the transfer model); reused by the causal check of issue 15.
+
+    Args:
+        model_path: the checkpoint fine-tuned (folder or hub id), as given to fine-tuning.
+        adapter_dir: the saved folder (stage 5: ``transfer/parts/<ckpt>/<task>.seed-<seed>.adapter``).
+        task: ``"pos"`` or ``"xnli"``.
+        config: the run's :class:`TransferConfig` (``qlora``, ``compute_dtype``, ``seed`` are used).
+        tokenizer_path, revision: as in :func:`finetune_pos`.
+
+    Returns:
+        ``(model, tokenizer)``: a peft ``PeftModelFor{Token,Sequence}Classification`` on the
+        training device, and the tokenizer with its pad token set as in training.
+
+    Raises:
+        ValueError: unknown task, or :data:`ADAPTER_INFO` unreadable or naming another
+            task / label set / ``qlora`` (one line naming the file and field).
+        FileNotFoundError: ``adapter_dir`` holds no saved adapter.
+    """
+    from peft import PeftModel
+
+    labels = _check_task(task)
+    adapter_dir = Path(adapter_dir)
+    _read_adapter_info(adapter_dir, task, config)
+    with _seeded(config):
+        base, tok, _, _ = _load_base(model_path, task, labels, config, revision, tokenizer_path)
+        with _quiet_transformers(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    model.eval()
+    return model, tok
+
+
+def score_with_ablation(model, tokenizer, task: str, eval_set, layer: int, neurons: Sequence[int],
+                        mode: str = "zero", values: torch.Tensor | None = None, *,
+                        config: TransferConfig) -> dict[str, float]:
+    """Zero-shot score of a fine-tuned model on one evaluation set with neurons of layer ℓ ablated.
+
+    The evaluation is fine-tuning's own (same encoding, batching and metrics): POS
+    :func:`pos_scores` (``accuracy``, seqeval span ``f1``, ``macro_f1``), XNLI ``accuracy``,
+    here computed inside :func:`xalign.ablation.ablate` (``hidden_states[ℓ-1][..., neurons]``
+    set to 0 or to ``values[neurons]`` in every forward pass). With no neurons nothing is
+    ablated (``layer``, ``mode`` and ``values`` are still checked) and the score is the
+    unablated one, i.e. the unit's. The hooks are removed on return, also on error.
+    Source: the causal check of shared neurons (issue 15) on the transfer model of
+    Wang et al. 2024, Sec. 4.2.
+
+    Args:
+        model, tokenizer: from :func:`load_finetuned` (or fine-tuning's own model).
+        task: ``"pos"`` or ``"xnli"``.
+        eval_set: POS: ``[(word forms, UPOS tags)]`` per sentence; XNLI: a table with
+            premise, hypothesis, label (as :func:`finetune_pos` / :func:`finetune_xnli`).
+        layer: ℓ in ``1..num_hidden_layers + 1`` (:func:`xalign.ablation.ablate`).
+        neurons: distinct hidden dimensions in ``[0, d)``; may be empty.
+        mode, values: ``"zero"``, or ``"mean"`` with ``(d,)`` values (e.g.
+            :func:`xalign.ablation.neuron_means` of English training word vectors of layer ℓ).
+        config: the run's :class:`TransferConfig` (``max_length``, ``eval_batch_size``).
+
+    Returns:
+        ``{metric: value}`` in [0, 1]: POS ``accuracy``, ``f1``, ``macro_f1``; XNLI ``accuracy``.
+
+    Raises:
+        ValueError: unknown task, an empty ``eval_set`` or one with bad labels, no word
+            within ``max_length``, or an argument :func:`~xalign.ablation.ablate` refuses.
+    """
+    from .ablation import _check_values, _target, ablate
+    from .checkpoints import hidden_size
+
+    _check_task(task)
+    if eval_set is None or len(eval_set) == 0:
+        raise ValueError(f"{task}: eval_set is empty")
+    neurons = neurons.tolist() if isinstance(neurons, torch.Tensor) else list(neurons)
+    if neurons:
+        ctx = ablate(model, layer, neurons, mode, values)
+    else:
+        _target(model, layer)
+        _check_values(mode, values, hidden_size(model))
+        ctx = contextlib.nullcontext()
+    device = next(model.parameters()).device
+    pad, desc = tokenizer.pad_token_id, f"{task} ablation layer {layer} ({len(neurons)} neurons)"
+    if task == "pos":
+        enc = _encode_pos(tokenizer, eval_set, config.max_length, f"pos {desc}")
+        with ctx:
+            return dict(_score_pos(model, enc, pad, device, config, desc)[0])
+    enc = _encode_xnli(tokenizer, eval_set, config.max_length, f"xnli {desc}")
+    with ctx:
+        return {"accuracy": _score_xnli(model, enc, pad, device, config, desc)[0]}
 
 
 def _tsv_line_bytes(df: pd.DataFrame) -> list[int]:

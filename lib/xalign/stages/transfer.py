@@ -3,7 +3,9 @@ on every target language (Wang et al. 2024, Sec. 4.2; :mod:`xalign.transfer`).
 
 Wave 1: one unit per (checkpoint, task, fine-tuning seed of ``transfer.seeds``),
 ``transfer/parts/<checkpoint>/<task>.seed-<seed>.parquet`` and its English-dev curve
-``<task>.seed-<seed>.history.parquet`` (:data:`HISTORY_COLUMNS`), grouped per checkpoint and marked as needing a GPU; reused while the checkpoint's weights,
+``<task>.seed-<seed>.history.parquet`` (:data:`HISTORY_COLUMNS`) and the kept model, the folder
+``<task>.seed-<seed>.adapter/`` (LoRA adapter + classification head, :func:`xalign.transfer.save_finetuned`;
+reload it with :func:`xalign.transfer.load_finetuned`, e.g. for the ablation of issue 15), grouped per checkpoint and marked as needing a GPU; reused while the checkpoint's weights,
 the training / evaluation files (their SHA-256) and the transfer params are unchanged.
 While a unit trains, ``<task>.resume.pt`` beside it holds the state of its last English-dev
 evaluation; a rerun after a kill continues from there. Wave 2: ``transfer/results_by_seed.parquet``,
@@ -111,7 +113,8 @@ def plan(ctx: Context) -> Iterator[list[Unit]]:
                           "data_seed": P.seed, "checkpoint": c["name"], "revision": c["revision"]}
                 dest = run / "transfer" / "parts" / c["name"] / f"{task}.seed-{seed}.parquet"
                 u = Unit(name, f"{c['name']}/{task}/seed-{seed}", config,
-                         {"weights": c["weights_sha256"], "data": data_sha[task]}, (dest, history_path(dest)), finetune,
+                         {"weights": c["weights_sha256"], "data": data_sha[task]},
+                         (dest, history_path(dest), adapter_path(dest)), finetune,
                          {"P": P, "c": c, "task": task, "seed": seed, "dest": dest}, code,
                          Resources(gpu=True, group=c["name"]))
                 u.args["resume_key"] = u.identity
@@ -130,6 +133,13 @@ def plan(ctx: Context) -> Iterator[list[Unit]]:
 def history_path(dest: Path) -> Path:
     """The dev-curve table beside a unit's result part: ``<task>.seed-<seed>.history.parquet``."""
     return dest.with_name(f"{dest.stem}.history.parquet")
+
+
+def adapter_path(dest: Path) -> Path:
+    """The kept model's folder beside a unit's result part: ``<task>.seed-<seed>.adapter/``
+    (peft's ``adapter_config.json``, ``adapter_model.safetensors`` with the head, and
+    :data:`xalign.transfer.ADAPTER_INFO`)."""
+    return dest.with_name(f"{dest.stem}.adapter")
 
 
 def pos_sets(P: Any) -> tuple:
@@ -188,7 +198,8 @@ def _sets(P: Any, task: str) -> tuple:
 
 def finetune(P: Any, c: dict, task: str, seed: int, dest: Path, resume_key: str, release: bool = False) -> dict:
     """Fine-tune checkpoint row ``c`` on English ``task`` with fine-tuning ``seed``, evaluate
-    zero-shot, write ``dest`` (rows carry ``seed``)."""
+    zero-shot, write ``dest`` (rows carry ``seed``), its dev curve and the kept adapter
+    (:func:`adapter_path`, written first, atomically)."""
     from .. import checkpoints as ck
     from ..transfer import ResumeFile, TransferConfig, finetune_pos, finetune_xnli
     from .extraction import release_weights
@@ -199,7 +210,7 @@ def finetune(P: Any, c: dict, task: str, seed: int, dest: Path, resume_key: str,
     fn = finetune_pos if task == "pos" else finetune_xnli
     history: list[dict] = []
     df = fn(model_dir, *_sets(P, task), cfg, revision=None, tokenizer_path=tok_dir, resume=resume,
-            history=history).assign(task=task)
+            history=history, adapter_dir=adapter_path(dest)).assign(task=task)
     df.insert(0, "step", c["step"])
     df.insert(0, "checkpoint", c["name"])
     df["seed"] = seed
