@@ -690,19 +690,19 @@ def _collate(enc: _Encoded, idx: Sequence[int], pad_id: int, token_level: bool,
 # ---------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports and weight-loading bars, restoring them after."""
+    """Silence transformers' load reports and weight-loading bars (the bar as
+    :func:`xalign.checkpoints._no_loading_bar`), restoring them after."""
     from transformers.utils import logging as hf_logging
 
+    from .checkpoints import _no_loading_bar
+
     level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        yield
+        with _no_loading_bar():
+            yield
     finally:
         hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _load_base(model_path: str, task: str, labels: list[str], config: TransferConfig,
